@@ -1,0 +1,100 @@
+"""Database access: the async engine, sessions, and the schema-version guard."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class SchemaOutOfDate(Exception):
+    """The database schema is not the one this code expects."""
+
+
+def make_engine(url: str) -> AsyncEngine:
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        Path(url.split("///", 1)[-1]).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"timeout": 30}
+    else:
+        kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+    engine = create_async_engine(url, **kwargs)
+    if url.startswith("sqlite"):
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # WAL lets readers run beside the writer; foreign keys are off by default in SQLite.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+class Database:
+    """The engine and a session factory; one per process."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.startswith("sqlite")
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        async with self.sessions() as session:
+            yield session
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # --- migrations -------------------------------------------------------------------
+
+    def _alembic_config(self) -> Config:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        return cfg
+
+    async def upgrade(self, revision: str = "head") -> None:
+        cfg = self._alembic_config()
+
+        def run(conn: Connection) -> None:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+
+        async with self.engine.begin() as conn:
+            await conn.run_sync(run)
+
+    async def revisions(self) -> tuple[str | None, str | None]:
+        """(current revision of the database, head revision of the code)."""
+        head = ScriptDirectory.from_config(self._alembic_config()).get_current_head()
+        async with self.engine.connect() as conn:
+            current = await conn.run_sync(
+                lambda c: MigrationContext.configure(c).get_current_revision()
+            )
+        return current, head
+
+    async def check_schema(self) -> None:
+        """Raise :class:`SchemaOutOfDate` with the fix when the schema is not at head."""
+        current, head = await self.revisions()
+        if current != head:
+            raise SchemaOutOfDate(
+                f"the database schema is at revision {current or 'none (empty database)'}, "
+                f"this version of Atrium needs {head}: run `atrium db upgrade`"
+            )

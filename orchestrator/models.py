@@ -1,0 +1,310 @@
+"""The domain model (SQLAlchemy 2, typed). Schema changes go through Alembic migrations."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Date,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON}
+
+
+class Role(enum.StrEnum):
+    """Roles of people (a user holds any number of them)."""
+
+    ADMIN = "ADMIN"
+    STAFF = "STAFF"
+    SUPPORT = "SUPPORT"
+    INSTRUMENT_SCIENTIST = "INSTRUMENT_SCIENTIST"
+    GUEST = "GUEST"
+
+
+class MemberRole(enum.StrEnum):
+    """Roles on one instance."""
+
+    OWNER = "OWNER"
+    USER = "USER"  # full control
+    GUEST = "GUEST"  # watch only
+    SUPPORT = "SUPPORT"  # staff helping, audited
+
+
+class InstanceStatus(enum.StrEnum):
+    """Observed state of an instance (VISA's states)."""
+
+    BUILDING = "BUILDING"
+    STARTING = "STARTING"
+    ACTIVE = "ACTIVE"
+    PARTIALLY_ACTIVE = "PARTIALLY_ACTIVE"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+    REBOOTING = "REBOOTING"
+    DELETING = "DELETING"
+    DELETED = "DELETED"
+    ERROR = "ERROR"
+    UNKNOWN = "UNKNOWN"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+class Target(enum.StrEnum):
+    """Desired state of an instance, set by users; the reconciler drives towards it."""
+
+    RUNNING = "RUNNING"
+    STOPPED = "STOPPED"
+    DELETED = "DELETED"
+
+
+def _enum(cls: type[enum.Enum], length: int = 24) -> Enum:
+    # Stored as plain strings (no native ENUM type) so adding a value needs no DDL.
+    return Enum(cls, native_enum=False, length=length, validate_strings=True)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    email: Mapped[str] = mapped_column(String(255), default="")
+    display_name: Mapped[str] = mapped_column(String(255), default="")
+    # POSIX identity sessions run as (pods, VMs); 0 lets the backend choose.
+    posix_uid: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    last_login_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+    roles: Mapped[list[UserRole]] = relationship(
+        back_populates="user", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+    @property
+    def role_names(self) -> set[str]:
+        return {r.role for r in self.roles}
+
+    @property
+    def label(self) -> str:
+        return self.display_name or self.username
+
+
+class UserRole(Base):
+    __tablename__ = "user_roles"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"),
+                                         primary_key=True)
+    role: Mapped[Role] = mapped_column(_enum(Role), primary_key=True)
+    user: Mapped[User] = relationship(back_populates="roles")
+
+
+class Instrument(Base):
+    __tablename__ = "instruments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    facility: Mapped[str] = mapped_column(String(64), default="")
+
+
+class Experiment(Base):
+    """A proposal/experiment from the facility's user office, with its data location."""
+
+    __tablename__ = "experiments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    proposal: Mapped[str] = mapped_column(String(64), unique=True)
+    title: Mapped[str] = mapped_column(String(500), default="")
+    instrument_id: Mapped[int | None] = mapped_column(ForeignKey("instruments.id"))
+    start_date: Mapped[dt.date | None] = mapped_column(Date)
+    end_date: Mapped[dt.date | None] = mapped_column(Date)
+    data_path: Mapped[str] = mapped_column(String(1024), default="")
+    synced_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    instrument: Mapped[Instrument | None] = relationship(lazy="joined")
+
+
+class ExperimentMember(Base):
+    __tablename__ = "experiment_members"
+
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"),
+                                         primary_key=True, index=True)
+
+
+class Image(Base):
+    __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(64), default="")
+    description: Mapped[str] = mapped_column(Text, default="")
+    icon: Mapped[str] = mapped_column(String(255), default="")
+    protocols: Mapped[list[str]] = mapped_column(JSON, default=list)
+    backend_refs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    boot_template: Mapped[str] = mapped_column(Text, default="")
+    visible: Mapped[bool] = mapped_column(Boolean, default=True)
+    deprecated: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Flavour(Base):
+    __tablename__ = "flavours"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    cpus: Mapped[float] = mapped_column(Float, default=1.0)
+    memory_mb: Mapped[int] = mapped_column(Integer, default=2048)
+    gpus: Mapped[int] = mapped_column(Integer, default=0)
+    backend_refs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Plan(Base):
+    """An image on a flavour, on one backend: what users pick when they launch."""
+
+    __tablename__ = "plans"
+    __table_args__ = (UniqueConstraint("image_id", "flavour_id", "backend"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
+    flavour_id: Mapped[int] = mapped_column(ForeignKey("flavours.id"))
+    backend: Mapped[str] = mapped_column(String(32), default="local")
+    preset: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    image: Mapped[Image] = relationship(lazy="joined")
+    flavour: Mapped[Flavour] = relationship(lazy="joined")
+
+
+class Instance(Base):
+    """One analysis session. ``target`` is what users asked for, ``status`` what was seen."""
+
+    __tablename__ = "instances"
+    __table_args__ = (
+        Index("ix_instances_status", "status"),
+        Index("ix_instances_owner_status", "owner_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    uid: Mapped[str] = mapped_column(String(32), unique=True)
+    name: Mapped[str] = mapped_column(String(100))
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    plan_id: Mapped[int] = mapped_column(ForeignKey("plans.id"))
+    backend: Mapped[str] = mapped_column(String(32))
+    target: Mapped[Target] = mapped_column(_enum(Target), default=Target.RUNNING)
+    status: Mapped[InstanceStatus] = mapped_column(_enum(InstanceStatus),
+                                                   default=InstanceStatus.BUILDING)
+    status_reason: Mapped[str] = mapped_column(Text, default="")
+    progress: Mapped[str] = mapped_column(String(255), default="")
+    reboot_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    backend_state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    endpoints: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    ready_protocols: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+    activated_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    termination_date: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    last_seen_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+    owner: Mapped[User] = relationship(lazy="joined")
+    plan: Mapped[Plan] = relationship(lazy="joined")
+    experiments: Mapped[list[Experiment]] = relationship(
+        secondary="instance_experiments", lazy="selectin", order_by="Experiment.proposal"
+    )
+    members: Mapped[list[InstanceMember]] = relationship(
+        back_populates="instance", lazy="selectin", cascade="all, delete-orphan"
+    )
+    secret: Mapped[InstanceSecret | None] = relationship(
+        lazy="noload", cascade="all, delete-orphan", uselist=False
+    )
+
+
+class InstanceExperiment(Base):
+    __tablename__ = "instance_experiments"
+
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"),
+                                             primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id"), primary_key=True)
+
+
+class InstanceSecret(Base):
+    """The instance's own secrets, apart so they never ride along with an instance query.
+
+    They go to the backend (to start the session) and to the proxy (to inject them);
+    never to a browser or an API response.
+    """
+
+    __tablename__ = "instance_secrets"
+
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"),
+                                             primary_key=True)
+    jupyter_token: Mapped[str] = mapped_column(String(128))
+    vnc_password: Mapped[str] = mapped_column(String(64))
+
+    def as_dict(self) -> dict[str, str]:
+        return {"jupyter_token": self.jupyter_token, "vnc_password": self.vnc_password}
+
+
+class InstanceMember(Base):
+    __tablename__ = "instance_members"
+    __table_args__ = (UniqueConstraint("instance_id", "user_id"),
+                      Index("ix_instance_members_user", "user_id"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    role: Mapped[MemberRole] = mapped_column(_enum(MemberRole))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    instance: Mapped[Instance] = relationship(back_populates="members")
+    user: Mapped[User] = relationship(lazy="joined")
+
+
+class InstanceEvent(Base):
+    """The audit trail: who did what to which instance, and what the reconciler saw."""
+
+    __tablename__ = "instance_events"
+    __table_args__ = (Index("ix_instance_events_instance", "instance_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    kind: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    user: Mapped[User | None] = relationship(lazy="joined")
+
+
+class ApiToken(Base):
+    """A personal API token; only its SHA-256 is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100), default="")
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(12))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+    user: Mapped[User] = relationship(lazy="joined")

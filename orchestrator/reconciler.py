@@ -1,0 +1,289 @@
+"""The reconciler: drives every instance from its observed state towards its target.
+
+Users only ever write ``Instance.target`` (and ``reboot_requested``); this is the one place
+that calls backends and writes ``status``. Both live in the database, so after a crash the
+next process picks up where the last one stopped:
+
+* on start-up and every ``reconcile_interval`` seconds, :meth:`reconcile_all` lists each
+  backend's managed resources once, reads the live instances in one query, re-drives every
+  instance that is not at rest, and deletes resources that belong to no live instance;
+* :meth:`kick` re-drives one instance at once (after an API call);
+* work for one instance is serialised (one task per uid); a kick during a long wait makes
+  the task look at the database again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+
+from orchestrator.db import Database
+from orchestrator.models import Instance, InstanceEvent, InstanceSecret, InstanceStatus, Target, utcnow
+from orchestrator.specs import spec_for
+from spawners.base import Backend, BackendError, BackendState, InstanceSpec, ResourceState
+
+log = logging.getLogger("atrium.reconciler")
+
+S = InstanceStatus
+AT_REST = {
+    Target.RUNNING: {S.ACTIVE, S.PARTIALLY_ACTIVE, S.ERROR},
+    Target.STOPPED: {S.STOPPED, S.ERROR},
+    Target.DELETED: {S.DELETED},
+}
+
+
+@dataclass
+class SweepReport:
+    instances: int = 0
+    kicked: int = 0
+    orphans_deleted: int = 0
+    seconds: float = 0.0
+
+
+class Reconciler:
+    def __init__(self, db: Database, backends: Mapping[str, Backend], *,
+                 interval: float = 10.0, start_timeout: float = 180.0,
+                 on_change: Callable[[str], None] | None = None,
+                 max_parallel: int = 32) -> None:
+        self.db = db
+        self.backends = backends
+        self.interval = interval
+        self.start_timeout = start_timeout
+        self.on_change = on_change or (lambda uid: None)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._dirty: set[str] = set()
+        self._limit = asyncio.Semaphore(max_parallel)
+        self._loop_task: asyncio.Task[None] | None = None
+
+    # --- scheduling -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop_task = asyncio.get_running_loop().create_task(self._periodic())
+
+    async def stop(self) -> None:
+        tasks = [t for t in [self._loop_task, *self._tasks.values()] if t]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def kick(self, uid: str) -> None:
+        """Re-drive ``uid`` soon; coalesces with work already running for it."""
+        task = self._tasks.get(uid)
+        if task is not None and not task.done():
+            self._dirty.add(uid)
+            return
+        self._tasks[uid] = asyncio.get_running_loop().create_task(self._drive(uid))
+
+    async def idle(self) -> None:
+        """Wait until no instance work is running (tests, shutdown)."""
+        while any(not t.done() for t in self._tasks.values()):
+            await asyncio.sleep(0.05)
+
+    async def _periodic(self) -> None:
+        while True:
+            try:
+                report = await self.reconcile_all()
+                if report.kicked or report.orphans_deleted:
+                    log.info("sweep: %s", report)
+            except Exception:
+                log.exception("reconcile sweep failed")
+            await asyncio.sleep(self.interval)
+
+    async def _drive(self, uid: str) -> None:
+        try:
+            while True:
+                self._dirty.discard(uid)
+                async with self._limit:
+                    await self._step(uid)
+                if uid not in self._dirty:
+                    break
+        except Exception:
+            log.exception("reconciling %s failed", uid)
+        finally:
+            self._tasks.pop(uid, None)
+
+    # --- the sweep --------------------------------------------------------------------
+
+    async def reconcile_all(self) -> SweepReport:
+        started = time.monotonic()
+        report = SweepReport()
+        # List resources before reading rows: a resource is only created after its row is
+        # committed, so every resource listed here has a row visible to the query below.
+        managed = {name: await b.list_managed() for name, b in self.backends.items()}
+        async with self.db.session() as s:
+            rows = (await s.execute(
+                select(Instance.uid, Instance.backend, Instance.status, Instance.target,
+                       Instance.reboot_requested)
+                .where(Instance.status != S.DELETED)
+            )).all()
+        live: dict[str, set[str]] = {name: set() for name in self.backends}
+        for uid, backend, status, target, reboot in rows:
+            report.instances += 1
+            live.setdefault(backend, set()).add(uid)
+            seen = managed.get(backend, {}).get(uid)
+            vanished = status in (S.ACTIVE, S.PARTIALLY_ACTIVE) and (
+                seen is None or seen.state is not ResourceState.RUNNING)
+            if reboot or status not in AT_REST[target] or vanished:
+                if uid not in self._tasks:
+                    report.kicked += 1
+                    self.kick(uid)
+        for name, resources in managed.items():
+            for uid in set(resources) - live.get(name, set()):
+                log.warning("deleting orphaned %s resources of %s", name, uid)
+                try:
+                    await self.backends[name].delete(uid, resources[uid].backend_state)
+                    report.orphans_deleted += 1
+                except Exception:
+                    log.exception("could not delete orphan %s", uid)
+        report.seconds = time.monotonic() - started
+        return report
+
+    # --- one instance -----------------------------------------------------------------
+
+    async def _load(self, uid: str) -> tuple[Instance, InstanceSecret | None] | None:
+        async with self.db.session() as s:
+            instance = await s.scalar(select(Instance).where(Instance.uid == uid))
+            if instance is None:
+                return None
+            secret = await s.get(InstanceSecret, instance.id)
+            return instance, secret
+
+    async def _set(self, instance: Instance, event: str = "", detail: str = "",
+                   **values: Any) -> None:
+        values.setdefault("updated_at", utcnow())
+        async with self.db.session() as s:
+            await s.execute(update(Instance).where(Instance.id == instance.id).values(**values))
+            if event:
+                s.add(InstanceEvent(instance_id=instance.id, kind=event, detail=detail[:2000]))
+            await s.commit()
+        for key, value in values.items():
+            setattr(instance, key, value)
+        self.on_change(instance.uid)
+
+    async def _step(self, uid: str) -> None:
+        loaded = await self._load(uid)
+        if loaded is None:
+            return
+        instance, secret = loaded
+        if instance.status is S.DELETED:
+            return
+        backend = self.backends.get(instance.backend)
+        if backend is None:
+            if instance.status is not S.ERROR:
+                await self._set(instance, "error", status=S.ERROR, progress="",
+                                status_reason=f"the {instance.backend} backend is not enabled")
+            return
+        spec = spec_for(instance, secret)
+        try:
+            if instance.target is Target.DELETED:
+                await self._delete(backend, instance)
+            elif instance.target is Target.STOPPED:
+                await self._stop(backend, instance)
+            else:
+                await self._run(backend, instance, spec)
+        except BackendError as err:
+            log.warning("%s: %s", uid, err)
+            await self._set(instance, "error", str(err), status=S.ERROR, status_reason=str(err),
+                            progress="")
+
+    def _checkpoint(self, instance: Instance) -> Callable[[BackendState], Any]:
+        async def save(state: BackendState) -> None:
+            await self._set(instance, backend_state=dict(state))
+        return save
+
+    async def _delete(self, backend: Backend, instance: Instance) -> None:
+        await self._set(instance, status=S.DELETING, progress="Deleting")
+        await backend.delete(instance.uid, instance.backend_state)
+        await self._set(instance, "deleted", status=S.DELETED, progress="", endpoints={},
+                        ready_protocols=[], deleted_at=utcnow(), backend_state={})
+
+    async def _stop(self, backend: Backend, instance: Instance) -> None:
+        if instance.status is S.STOPPED:
+            return
+        await self._set(instance, status=S.STOPPING, progress="Stopping")
+        state = await backend.stop(instance.uid, instance.backend_state)
+        await self._set(instance, "stopped", status=S.STOPPED, progress="", endpoints={},
+                        ready_protocols=[], backend_state=state, status_reason="")
+
+    async def _run(self, backend: Backend, instance: Instance, spec: InstanceSpec) -> None:
+        status = instance.status
+        if instance.reboot_requested:
+            await self._set(instance, "rebooting", status=S.REBOOTING, progress="Rebooting",
+                            reboot_requested=False, status_reason="")
+            state = await backend.reboot(spec, instance.backend_state,
+                                         self._checkpoint(instance))
+            await self._set(instance, backend_state=state, status=S.STARTING)
+        elif status is S.BUILDING:
+            await self._set(instance, progress="Creating the session")
+            state = await backend.create(spec, self._checkpoint(instance))
+            await self._set(instance, backend_state=state, status=S.STARTING,
+                            progress="Starting")
+        elif status in (S.STOPPED, S.STOPPING):
+            await self._set(instance, status=S.STARTING, progress="Starting", status_reason="")
+            state = await backend.start(spec, instance.backend_state,
+                                        self._checkpoint(instance))
+            await self._set(instance, backend_state=state)
+        elif status is S.ERROR:
+            return
+        await self._await_ready(backend, instance, spec)
+
+    async def _await_ready(self, backend: Backend, instance: Instance,
+                           spec: InstanceSpec) -> None:
+        """Observe until every protocol answers (ACTIVE), or fail after start_timeout."""
+        began = time.monotonic()
+        delay, last_progress, restarted = 0.02, 0.0, False
+        wanted = set(spec.protocols)
+        while True:
+            obs = await backend.observe(instance.uid, instance.backend_state, spec.secrets,
+                                        spec.protocols)
+            if obs.state is ResourceState.FAILED:
+                raise BackendError(obs.reason or "the session failed")
+            if obs.state is ResourceState.STOPPED and not restarted and instance.status not in (
+                    S.ACTIVE, S.PARTIALLY_ACTIVE):
+                # A start interrupted by a crash: start again, once.
+                restarted = True
+                state = await backend.start(spec, instance.backend_state,
+                                            self._checkpoint(instance))
+                await self._set(instance, backend_state=state)
+                continue
+            if obs.state in (ResourceState.GONE, ResourceState.STOPPED):
+                if instance.status in (S.ACTIVE, S.PARTIALLY_ACTIVE):
+                    raise BackendError("the session's resources vanished")
+                raise BackendError("the session stopped while starting")
+            elapsed = time.monotonic() - began
+            if wanted and wanted <= obs.ready:
+                if instance.status is not S.ACTIVE:
+                    await self._set(
+                        instance, "active", f"ready after {elapsed:.1f} s", status=S.ACTIVE,
+                        progress="", status_reason="", endpoints=dict(obs.endpoints),
+                        ready_protocols=sorted(obs.ready),
+                        activated_at=instance.activated_at or utcnow())
+                return
+            if instance.status in (S.ACTIVE, S.PARTIALLY_ACTIVE) and elapsed > 0:
+                # Running instances are checked for presence only; probes happen on use.
+                if obs.state is ResourceState.RUNNING:
+                    return
+            if elapsed > self.start_timeout:
+                if obs.ready:
+                    await self._set(instance, "partially-active", status=S.PARTIALLY_ACTIVE,
+                                    progress="", endpoints=dict(obs.endpoints),
+                                    ready_protocols=sorted(obs.ready),
+                                    status_reason="not answering: "
+                                    + ", ".join(sorted(wanted - obs.ready)))
+                    return
+                raise BackendError(f"the session did not answer within {self.start_timeout:.0f} s")
+            if instance.uid in self._dirty:
+                return  # the target changed: look at the database again
+            if elapsed - last_progress >= 1.0:
+                last_progress = elapsed
+                await self._set(instance, status=S.STARTING, endpoints=dict(obs.endpoints),
+                                progress=f"Starting {', '.join(sorted(wanted))} "
+                                         f"({elapsed:.0f} s)")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.25)

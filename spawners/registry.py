@@ -1,0 +1,18 @@
+"""Builds the enabled backends from the settings."""
+
+from __future__ import annotations
+
+from orchestrator.settings import Settings, SettingsError
+from spawners.base import Backend
+from spawners.local import LocalBackend
+
+
+def make_backends(settings: Settings) -> dict[str, Backend]:
+    backends: dict[str, Backend] = {}
+    for name in settings.backends:
+        if name == "local":
+            backends[name] = LocalBackend(settings.deployment_id, settings.sessions_dir,
+                                          settings.local_python)
+        else:
+            raise SettingsError(f"the {name} backend is not available in this build yet")
+    return backends

@@ -1,0 +1,156 @@
+"""Fixtures: a real Atrium server (subprocess) on SQLite and on PostgreSQL, real sessions.
+
+Every test that uses ``server`` runs once per database: ``sqlite`` and ``postgres``
+(127.0.0.1:5432, a fresh database per test session). With ``CI=true`` a database that
+cannot be reached fails the run instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+PG_URL = os.environ.get("ATRIUM_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def need(condition: bool, why: str) -> None:
+    """Skip locally, fail in CI: a missing component is a failure there."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"required component unavailable in CI: {why}")
+    pytest.skip(why)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _psql(sql: str, db: str = "postgres") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["psql", f"{PG_URL}/{db}", "-v", "ON_ERROR_STOP=1", "-qc", sql],
+                          capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('sqlite')}/atrium.db"
+        return
+    name = f"atrium_test_{secrets.token_hex(4)}"
+    created = shutil.which("psql") is not None and _psql(f"CREATE DATABASE {name}").returncode == 0
+    need(created, f"PostgreSQL at {PG_URL} (CREATE DATABASE failed)")
+    yield f"{PG_URL}/{name}"
+    _psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+class AtriumServer:
+    """``atrium serve`` in a subprocess, with its own state dir and port."""
+
+    def __init__(self, database_url: str, state_dir: Path, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.state_dir = state_dir
+        self.deployment = f"t{secrets.token_hex(4)}"
+        self.env = {
+            **os.environ,
+            "ATRIUM_DATABASE_URL": database_url,
+            "ATRIUM_STATE_DIR": str(state_dir),
+            "ATRIUM_PORT": str(self.port),
+            "ATRIUM_DEMO_MODE": "true",
+            "ATRIUM_DEPLOYMENT_ID": self.deployment,
+            "ATRIUM_DEFAULT_QUOTA": "100",
+            "ATRIUM_RECONCILE_INTERVAL": "2",
+            "ATRIUM_START_TIMEOUT": "120",
+            **env,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = state_dir / "server.log"
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], env=self.env,
+                                capture_output=True, text=True, timeout=120, cwd=ROOT)
+        if check and result.returncode != 0:
+            raise AssertionError(f"atrium {' '.join(args)} failed:\n{result.stderr}")
+        return result
+
+    def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "serve"],
+                                         env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                         cwd=ROOT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"atrium serve exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"atrium serve did not answer:\n{self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up of any kind, as in a crash."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def token(self, username: str) -> str:
+        return self.cli("token", "create", username).stdout.strip()
+
+    def client(self, username: str | None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.token(username)}"} if username else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+
+@pytest.fixture(scope="session")
+def server(database_url: str, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[AtriumServer]:
+    """A seeded demo server shared by the tests of one database."""
+    srv = AtriumServer(database_url, tmp_path_factory.mktemp("atrium"))
+    srv.cli("demo", "--seed-only")
+    srv.start()
+    yield srv
+    srv.stop()
+    cleanup_sessions(srv)
+
+
+def cleanup_sessions(srv: AtriumServer) -> None:
+    """Kill whatever a failed test left behind (by label)."""
+    from spawners.localproc import labelled_processes
+
+    for pids in labelled_processes(srv.deployment).values():
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

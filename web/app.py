@@ -1,0 +1,104 @@
+"""The Tornado application: routes, settings and the serve loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import jinja2
+import tornado.web
+from tornado.httpclient import AsyncHTTPClient
+from tornado.httpserver import HTTPServer
+from tornado.routing import Rule
+
+from orchestrator.experiments_sync import periodic_sync
+from orchestrator.db import Database
+from orchestrator.reconciler import Reconciler
+from orchestrator.settings import Settings
+from spawners.registry import make_backends
+from web import pages
+from web.api import API_ROUTES
+from web.auth import Authenticator
+from web.base import NotFoundApi
+from web.portal import Portal
+from web.proxy import IsWebSocket, LabProxyHandler, LabWebSocketProxy
+from web.routes import PrincipalCache, RouteTable
+
+HERE = Path(__file__).parent
+log = logging.getLogger("atrium")
+
+UID = r"([0-9a-f]{1,32})"
+
+
+def make_app(portal: Portal) -> tornado.web.Application:
+    handlers: list = [
+        Rule(IsWebSocket(rf"/instances/{UID}/lab/(.*)"), LabWebSocketProxy),
+        (rf"/instances/{UID}/lab/(.*)", LabProxyHandler),
+        (rf"/instances/{UID}/lab", pages.LabSlashRedirect),
+        (rf"/instances/{UID}", pages.InstancePage),
+        (r"/", pages.DashboardHandler),
+        (r"/login", pages.LoginHandler),
+        (r"/logout", pages.LogoutHandler),
+        (r"/healthz", pages.HealthHandler),
+        *API_ROUTES,
+        (r"/api/.*", NotFoundApi),
+    ]
+    return tornado.web.Application(
+        handlers,
+        portal=portal,
+        cookie_secret=portal.settings.cookie_secret,
+        xsrf_cookies=True,
+        xsrf_cookie_kwargs={"samesite": "Lax"},
+        login_url="/login",
+        static_path=str(HERE / "static"),
+        websocket_max_message_size=256 * 1024 * 1024,
+        websocket_ping_interval=30,
+    )
+
+
+def make_templates() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
+                              autoescape=True, trim_blocks=True, lstrip_blocks=True)
+
+
+async def build_portal(settings: Settings, db: Database) -> Portal:
+    routes = RouteTable(db)
+    principals = PrincipalCache(db)
+    backends = make_backends(settings)
+    reconciler = Reconciler(db, backends, interval=settings.reconcile_interval,
+                            start_timeout=settings.start_timeout, on_change=routes.invalidate)
+    return Portal(settings=settings, db=db, reconciler=reconciler, routes=routes,
+                  principals=principals, auth=Authenticator(db, principals),
+                  templates=make_templates())
+
+
+async def serve(settings: Settings) -> None:
+    """Run the portal until SIGINT/SIGTERM. Sessions keep running when it stops."""
+    AsyncHTTPClient.configure(None, max_clients=1000)
+    db = Database(settings.database_url)
+    await db.check_schema()
+    portal = await build_portal(settings, db)
+    app = make_app(portal)
+    server = HTTPServer(app, xheaders=False, max_body_size=10 * 1024**3)
+    server.listen(settings.port, settings.host)
+    portal.reconciler.start()
+    sync_task = None
+    if settings.experiments_sync_interval > 0:
+        sync_task = asyncio.get_running_loop().create_task(periodic_sync(settings, db))
+    log.info("Atrium listening on %s (backends: %s)", settings.public_url,
+             ", ".join(settings.backends))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    server.stop()
+    if sync_task:
+        sync_task.cancel()
+    await portal.reconciler.stop()
+    for backend in portal.reconciler.backends.values():
+        await backend.close()
+    await db.close()

@@ -1,0 +1,291 @@
+"""The authenticating reverse proxy in front of each instance's JupyterLab.
+
+Every request is authorised with the sharing policy from in-memory snapshots (no database
+query per request), the caller's Atrium cookie is removed, and the instance's own token is
+added server-side, so it never reaches the browser. Bodies stream both ways; nothing is
+buffered whole. WebSockets (kernels, terminals) are relayed frame by frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from http.cookies import SimpleCookie
+from typing import Any
+from urllib.parse import urlsplit
+
+import tornado.escape
+import tornado.web
+import tornado.websocket
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.httputil import HTTPHeaders, HTTPServerRequest
+from tornado.routing import Matcher, PathMatches
+
+from sharing.policy import Action, authorize
+from web.auth import SESSION_COOKIE
+from web.base import BaseHandler
+from web.routes import Route
+
+log = logging.getLogger("atrium.proxy")
+
+HOP_BY_HOP = frozenset(h.lower() for h in (
+    "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
+    "Transfer-Encoding", "Upgrade", "Proxy-Connection"))
+REQUEST_DROP = HOP_BY_HOP | {"host", "authorization", "cookie", "content-length"}
+WS_DROP = REQUEST_DROP | {"sec-websocket-key", "sec-websocket-version",
+                          "sec-websocket-extensions", "sec-websocket-protocol", "origin"}
+RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
+BODY_QUEUE = 8  # chunks in flight from the client before the upload is paused
+
+
+class IsWebSocket(Matcher):
+    """Matches WebSocket upgrade requests on a path pattern."""
+
+    def __init__(self, pattern: str) -> None:
+        self.path = PathMatches(pattern)
+
+    def match(self, request: HTTPServerRequest) -> dict[str, Any] | None:
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return None
+        return self.path.match(request)
+
+
+def _without_session_cookie(header: str) -> str:
+    """The Cookie header minus Atrium's own cookies (the session must never see them)."""
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(header)
+    except Exception:
+        return ""
+    return "; ".join(f"{k}={m.coded_value}" for k, m in jar.items()
+                     if k not in (SESSION_COOKIE, "_xsrf"))
+
+
+def upstream_headers(incoming: HTTPHeaders, token: str, drop: frozenset[str]) -> HTTPHeaders:
+    out = HTTPHeaders()
+    for name, value in incoming.get_all():
+        if name.lower() not in drop:
+            out.add(name, value)
+    cookie = _without_session_cookie(incoming.get("Cookie", ""))
+    if cookie:
+        out["Cookie"] = cookie
+    out["Authorization"] = f"token {token}"
+    return out
+
+
+class ProxyAuth:
+    """What the HTTP and WebSocket proxy handlers share: find and authorise the route."""
+
+    action = Action.OPEN_LAB
+
+    async def authorised_route(self: Any, uid: str) -> Route | None:
+        """The route when the caller may use it; otherwise answers the request and None."""
+        handler: BaseHandler = self
+        route = await handler.portal.routes.get(uid)
+        if route is None:
+            handler.set_status(404)
+            handler.finish({"error": {"status": 404, "message": "no such instance"}})
+            return None
+        decision = authorize(handler.principal, route.access, self.action)
+        if not decision:
+            if decision.status == 401 and handler.request.method == "GET" and not (
+                    handler.request.headers.get("Upgrade")):
+                handler.redirect(f"/login?next={tornado.escape.url_escape(handler.request.uri)}")
+                return None
+            handler.set_status(decision.status)
+            handler.finish({"error": {"status": decision.status, "message": decision.reason}})
+            return None
+        if "jupyter" not in route.endpoints:
+            handler.set_status(503)
+            handler.finish({"error": {"status": 503, "message":
+                                      f"the instance is {route.status.value.lower()}, "
+                                      "JupyterLab is not available"}})
+            return None
+        return route
+
+
+@tornado.web.stream_request_body
+class LabProxyHandler(ProxyAuth, BaseHandler):
+    SUPPORTED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+    _body: asyncio.Queue[bytes | None] | None = None
+    _upstream: asyncio.Task[None] | None = None
+    _headers_sent = False
+
+    def check_xsrf_cookie(self) -> None:
+        # Cross-site requests cannot carry the session cookie (SameSite=Lax) and are
+        # refused by the origin check in prepare(); JupyterLab's own XSRF is off behind us.
+        pass
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        await super().prepare()
+        uid = self.path_args[0]
+        origin = self.request.headers.get("Origin")
+        if origin and self.request.method not in ("GET", "HEAD", "OPTIONS") and (
+                urlsplit(origin).netloc != self.request.host):
+            self.set_status(403)
+            self.finish({"error": {"status": 403, "message": "cross-origin request refused"}})
+            return
+        route = await self.authorised_route(uid)
+        if route is None:
+            return
+        has_body = ("Content-Length" in self.request.headers and
+                    self.request.headers["Content-Length"] != "0") or (
+                    "Transfer-Encoding" in self.request.headers)
+        if has_body:
+            self._body = asyncio.Queue(BODY_QUEUE)
+        self._upstream = asyncio.get_running_loop().create_task(self._forward(route))
+
+    def data_received(self, chunk: bytes) -> Any:
+        if self._body is not None:
+            return self._body.put(chunk)  # a full queue pauses reading from the client
+        return None
+
+    async def _produce(self, write: Any) -> None:
+        assert self._body is not None
+        while (chunk := await self._body.get()) is not None:
+            await write(chunk)
+
+    def _on_header_line(self, line: str) -> None:
+        line = line.rstrip("\r\n")
+        if line.startswith("HTTP/"):
+            parts = line.split(" ", 2)
+            self._status_line = (int(parts[1]), parts[2] if len(parts) > 2 else None)
+            self._response_headers = HTTPHeaders()
+        elif line:
+            self._response_headers.parse_line(line)
+        elif getattr(self, "_status_line", (100,))[0] != 100:
+            code, reason = self._status_line
+            self.set_status(code, reason)
+            self._clear_headers_for_proxy()
+            for name, value in self._response_headers.get_all():
+                if name.lower() not in RESPONSE_DROP:
+                    self.add_header(name, value)
+            if "Content-Length" in self._response_headers and self.request.method != "HEAD":
+                self.set_header("Content-Length", self._response_headers["Content-Length"])
+            self._headers_sent = True
+
+    def _clear_headers_for_proxy(self) -> None:
+        for name in ("Content-Type", "Server", "Date"):
+            self.clear_header(name)
+
+    def _on_chunk(self, chunk: bytes) -> None:
+        self.write(chunk)
+        self.flush()
+
+    async def _forward(self, route: Route) -> None:
+        request = self.request
+        url = route.endpoints["jupyter"].rstrip("/") + request.uri
+        headers = upstream_headers(request.headers, route.secrets.get("jupyter_token", ""),
+                                   REQUEST_DROP)
+        headers["X-Forwarded-For"] = request.remote_ip or ""
+        headers["X-Forwarded-Proto"] = request.protocol
+        headers["X-Forwarded-Host"] = request.host
+        if "Content-Length" in request.headers:
+            headers["Content-Length"] = request.headers["Content-Length"]
+        upstream = HTTPRequest(
+            url, method=request.method or "GET", headers=headers,
+            body_producer=self._produce if self._body is not None else None,
+            follow_redirects=False, decompress_response=False, allow_nonstandard_methods=True,
+            header_callback=self._on_header_line, streaming_callback=self._on_chunk,
+            connect_timeout=10, request_timeout=3600)
+        try:
+            await AsyncHTTPClient().fetch(upstream, raise_error=False)
+        except (OSError, HTTPClientError, asyncio.TimeoutError) as err:
+            if not self._headers_sent:
+                self.set_status(502)
+                self.finish({"error": {"status": 502,
+                                       "message": f"the instance is not answering ({err})"}})
+            return
+
+    async def _relay(self, *args: str) -> None:
+        if self._body is not None:
+            await self._body.put(None)
+        if self._upstream is not None:
+            await self._upstream
+        if not self._finished:
+            try:
+                self.finish()
+            except Exception:  # the upstream broke off mid-body: close the connection
+                if self.request.connection is not None:
+                    self.request.connection.close()
+
+    get = head = post = put = patch = delete = options = _relay  # type: ignore[assignment]
+
+    def on_connection_close(self) -> None:
+        if self._upstream is not None and not self._upstream.done():
+            self._upstream.cancel()
+
+
+class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
+    """Relays a WebSocket between the browser and the instance's JupyterLab."""
+
+    upstream: tornado.websocket.WebSocketClientConnection | None = None
+    _pump: asyncio.Task[None] | None = None
+
+    @property
+    def portal(self) -> Any:
+        return self.application.settings["portal"]
+
+    async def get(self, uid: str, path: str) -> None:  # type: ignore[override]
+        self.principal = await self.portal.auth.principal(self)
+        origin = self.request.headers.get("Origin")
+        if origin is not None and not self.check_origin(origin):
+            self.set_status(403)
+            self.finish({"error": {"status": 403, "message": "cross-origin WebSocket refused"}})
+            return
+        route = await self.authorised_route(uid)
+        if route is None:
+            return
+        target = route.endpoints["jupyter"].replace("http", "ws", 1).rstrip("/") + self.request.uri
+        headers = upstream_headers(self.request.headers, route.secrets.get("jupyter_token", ""),
+                                   WS_DROP)
+        protocols = [p.strip() for p in self.request.headers.get(
+            "Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+        try:
+            self.upstream = await tornado.websocket.websocket_connect(
+                HTTPRequest(target, headers=headers, connect_timeout=10),
+                subprotocols=protocols or None, max_message_size=256 * 1024 * 1024)
+        except (OSError, HTTPClientError, tornado.websocket.WebSocketError) as err:
+            code = err.code if isinstance(err, HTTPClientError) else 502
+            self.set_status(code if 400 <= code < 600 else 502)
+            self.finish({"error": {"status": self.get_status(),
+                                   "message": f"the instance refused the connection ({err})"}})
+            return
+        await super().get(uid, path)
+
+    def get_current_user(self) -> Any:
+        return getattr(self, "principal", None)
+
+    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+        return self.upstream.selected_subprotocol if self.upstream else None
+
+    def get_compression_options(self) -> None:
+        return None  # relaying; compression costs latency
+
+    def open(self, *args: str) -> None:
+        self._pump = asyncio.get_running_loop().create_task(self._from_upstream())
+
+    async def _from_upstream(self) -> None:
+        assert self.upstream is not None
+        while True:
+            message = await self.upstream.read_message()
+            if message is None:
+                self.close(self.upstream.close_code, self.upstream.close_reason)
+                return
+            try:
+                await self.write_message(message, binary=isinstance(message, bytes))
+            except tornado.websocket.WebSocketClosedError:
+                return
+
+    async def on_message(self, message: str | bytes) -> None:
+        if self.upstream is None:
+            return
+        try:
+            await self.upstream.write_message(message, binary=isinstance(message, bytes))
+        except tornado.websocket.WebSocketClosedError:
+            self.close()
+
+    def on_close(self) -> None:
+        if self.upstream is not None:
+            self.upstream.close()

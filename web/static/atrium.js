@@ -1,0 +1,40 @@
+// Live status on the instance page and the dashboard: polls the REST API (cookie auth).
+(function () {
+  const SETTLED = new Set(["ACTIVE", "STOPPED", "ERROR", "DELETED", "PARTIALLY_ACTIVE"]);
+  // When the observed status has reached what was asked for (as in the reconciler).
+  const AT_REST = {
+    RUNNING: new Set(["ACTIVE", "PARTIALLY_ACTIVE", "ERROR"]),
+    STOPPED: new Set(["STOPPED", "ERROR"]),
+    DELETED: new Set(["DELETED"]),
+  };
+  async function poll(uid, apply) {
+    for (;;) {
+      let data;
+      try {
+        const r = await fetch(`/api/v1/instances/${uid}`, { credentials: "same-origin" });
+        if (r.status === 404) { apply({ status: "DELETED", progress: "", reason: "" }); return; }
+        data = await r.json();
+      } catch (e) { await new Promise(ok => setTimeout(ok, 2000)); continue; }
+      apply(data);
+      if ((AT_REST[data.target] || SETTLED).has(data.status)) return;
+      await new Promise(ok => setTimeout(ok, 700));
+    }
+  }
+  function render(root, data) {
+    const s = root.querySelector("[data-status]");
+    if (s) { s.textContent = data.status; s.className = `status s-${data.status}`; }
+    const p = root.querySelector("[data-progress]"); if (p) p.textContent = data.progress || "";
+    const r = root.querySelector("[data-reason]"); if (r) { r.textContent = data.reason || ""; r.hidden = !data.reason; }
+    const sp = root.querySelector("[data-spinner]"); if (sp) sp.hidden = SETTLED.has(data.status);
+    const lab = root.querySelector("[data-open-lab]"); if (lab) lab.hidden = data.status !== "ACTIVE";
+  }
+  const page = document.getElementById("instance");
+  if (page) poll(page.dataset.uid, d => render(page, d));
+  document.querySelectorAll("#instances tr[data-uid]").forEach(row => {
+    const s = row.querySelector("[data-status]");
+    if (s && !SETTLED.has(s.textContent.trim())) poll(row.dataset.uid, d => {
+      render(row, d);
+      if ((AT_REST[d.target] || SETTLED).has(d.status)) location.reload();
+    });
+  });
+})();
