@@ -7,8 +7,9 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 
@@ -129,7 +130,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Awaitable[int]]] = {
+COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "serve": cmd_serve, "demo": cmd_demo, "db upgrade": cmd_db_upgrade,
     "db current": cmd_db_current, "sync-experiments": cmd_sync,
     "token create": cmd_token_create,

@@ -232,7 +232,7 @@ class Instance(Base):
         back_populates="instance", lazy="selectin", cascade="all, delete-orphan"
     )
     secret: Mapped[InstanceSecret | None] = relationship(
-        lazy="noload", cascade="all, delete-orphan", uselist=False
+        lazy="raise", cascade="all, delete-orphan", uselist=False
     )
 
 

@@ -24,7 +24,14 @@ from typing import Any
 from sqlalchemy import select, update
 
 from orchestrator.db import Database
-from orchestrator.models import Instance, InstanceEvent, InstanceSecret, InstanceStatus, Target, utcnow
+from orchestrator.models import (
+    Instance,
+    InstanceEvent,
+    InstanceSecret,
+    InstanceStatus,
+    Target,
+    utcnow,
+)
 from orchestrator.specs import spec_for
 from spawners.base import Backend, BackendError, BackendState, InstanceSpec, ResourceState
 

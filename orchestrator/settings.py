@@ -6,19 +6,19 @@ start-up and raises :class:`SettingsError` naming the variable and what was expe
 
 | variable | default | meaning |
 |---|---|---|
-| ATRIUM_STATE_DIR | ./var | where the embedded default keeps its database, sessions and secrets |
+| ATRIUM_STATE_DIR | ./var | where the embedded default keeps database, sessions, secrets |
 | ATRIUM_DATABASE_URL | sqlite in STATE_DIR | SQLAlchemy URL (sqlite:///..., postgresql://...) |
 | ATRIUM_HOST / ATRIUM_PORT | 127.0.0.1 / 8000 | where the portal listens |
 | ATRIUM_PUBLIC_URL | http://HOST:PORT | the URL users reach (origin checks, links) |
-| ATRIUM_COOKIE_SECRET | generated in demo mode | signs session cookies; required outside demo mode |
+| ATRIUM_COOKIE_SECRET | generated in demo mode | signs session cookies; required otherwise |
 | ATRIUM_DEMO_MODE | false | enables the development login (demo users, no password) |
 | ATRIUM_DEPLOYMENT_ID | atrium | labels every backend resource; one per installation |
 | ATRIUM_BACKENDS | local | enabled backends, comma separated |
 | ATRIUM_RECONCILE_INTERVAL | 10 | seconds between full reconcile passes |
 | ATRIUM_START_TIMEOUT | 180 | seconds a session may take to answer before ERROR |
 | ATRIUM_EXPERIMENTS_FILE | (none) | YAML/CSV experiment catalogue to sync from |
-| ATRIUM_EXPERIMENTS_SQL_URL | (none) | a user-office database to sync experiments from |
-| ATRIUM_EXPERIMENTS_SQL_QUERY | see catalogue.py | the query returning one row per experiment member |
+| ATRIUM_EXPERIMENTS_SQL_URL | (none) | a user-office database to sync from |
+| ATRIUM_EXPERIMENTS_SQL_QUERY | experiments_sync.py | the query: one row per experiment member |
 | ATRIUM_EXPERIMENTS_SYNC_INTERVAL | 0 | seconds between periodic syncs (0: never) |
 | ATRIUM_DEFAULT_QUOTA | 2 | instances a user may own at once |
 | ATRIUM_LOCAL_PYTHON | this interpreter | the Python that runs local JupyterLab sessions |
@@ -63,6 +63,14 @@ class Settings:
     @property
     def sessions_dir(self) -> Path:
         return self.state_dir / "sessions"
+
+    def check_for_serving(self) -> None:
+        """What only the portal needs (the CLI's other commands run without it)."""
+        if not self.cookie_secret:
+            raise SettingsError(
+                "ATRIUM_COOKIE_SECRET is not set: give a long random string "
+                "(e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)"
+            )
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -125,14 +133,9 @@ def load_settings(env: dict[str, str] | None = None, **overrides: object) -> Set
             "openstack"
         )
     cookie_secret = env.get("ATRIUM_COOKIE_SECRET", "")
-    if not cookie_secret:
-        if not demo:
-            raise SettingsError(
-                "ATRIUM_COOKIE_SECRET is not set: give a long random string "
-                "(e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)"
-            )
+    if not cookie_secret and demo:
         cookie_secret = _demo_cookie_secret(state_dir)
-    elif len(cookie_secret) < 32:
+    elif cookie_secret and len(cookie_secret) < 32:
         raise SettingsError("ATRIUM_COOKIE_SECRET is too short: use at least 32 characters")
     experiments_file = env.get("ATRIUM_EXPERIMENTS_FILE")
     if experiments_file and not Path(experiments_file).is_file():

@@ -48,17 +48,40 @@ def _psql(sql: str, db: str = "postgres") -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=30)
 
 
+class Databases:
+    """Creates empty databases of one kind and drops them at the end."""
+
+    def __init__(self, kind: str, tmp: pytest.TempPathFactory) -> None:
+        self.kind = kind
+        self.tmp = tmp
+        self.created: list[str] = []
+
+    def new(self) -> str:
+        if self.kind == "sqlite":
+            return f"sqlite:///{self.tmp.mktemp('sqlite')}/atrium.db"
+        name = f"atrium_test_{secrets.token_hex(4)}"
+        result = _psql(f"CREATE DATABASE {name}") if shutil.which("psql") else None
+        need(result is not None and result.returncode == 0,
+             f"PostgreSQL at {PG_URL}: {result.stderr if result else 'no psql'}")
+        self.created.append(name)
+        return f"{PG_URL}/{name}"
+
+    def drop_all(self) -> None:
+        for name in self.created:
+            _psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-                 ) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('sqlite')}/atrium.db"
-        return
-    name = f"atrium_test_{secrets.token_hex(4)}"
-    created = shutil.which("psql") is not None and _psql(f"CREATE DATABASE {name}").returncode == 0
-    need(created, f"PostgreSQL at {PG_URL} (CREATE DATABASE failed)")
-    yield f"{PG_URL}/{name}"
-    _psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+def databases(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+              ) -> Iterator[Databases]:
+    dbs = Databases(request.param, tmp_path_factory)
+    yield dbs
+    dbs.drop_all()
+
+
+@pytest.fixture(scope="session")
+def database_url(databases: Databases) -> str:
+    return databases.new()
 
 
 class AtriumServer:

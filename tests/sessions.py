@@ -65,7 +65,8 @@ async def run_code(base_url: str, uid: str, token: str, code: str, timeout: floa
         r = await c.post(f"/instances/{uid}/lab/api/kernels", json={"name": "python3"})
         assert r.status_code == 201, r.text
         kernel = r.json()["id"]
-    ws_url = base_url.replace("http", "ws", 1) + f"/instances/{uid}/lab/api/kernels/{kernel}/channels"
+    ws_url = (base_url.replace("http", "ws", 1)
+              + f"/instances/{uid}/lab/api/kernels/{kernel}/channels")
     conn = await websocket_connect(HTTPRequest(ws_url, headers=headers))
     try:
         msg_id = uuid.uuid4().hex

@@ -174,7 +174,7 @@ class InstanceEventsHandler(ApiHandler):
 
 
 class OpenApiHandler(ApiHandler):
-    async def prepare(self) -> None:  # type: ignore[override]
+    async def prepare(self) -> None:
         pass  # public document
 
     def get(self) -> None:

@@ -13,8 +13,8 @@ from tornado.httpclient import AsyncHTTPClient
 from tornado.httpserver import HTTPServer
 from tornado.routing import Rule
 
-from orchestrator.experiments_sync import periodic_sync
 from orchestrator.db import Database
+from orchestrator.experiments_sync import periodic_sync
 from orchestrator.reconciler import Reconciler
 from orchestrator.settings import Settings
 from spawners.registry import make_backends
@@ -76,6 +76,7 @@ async def build_portal(settings: Settings, db: Database) -> Portal:
 
 async def serve(settings: Settings) -> None:
     """Run the portal until SIGINT/SIGTERM. Sessions keep running when it stops."""
+    settings.check_for_serving()
     AsyncHTTPClient.configure(None, max_clients=1000)
     db = Database(settings.database_url)
     await db.check_schema()

@@ -23,7 +23,7 @@ class BaseHandler(tornado.web.RequestHandler):
         portal: Portal = self.application.settings["portal"]
         return portal
 
-    async def prepare(self) -> None:  # type: ignore[override]
+    async def prepare(self) -> None:
         self.principal = await self.portal.auth.principal(self)
 
     def get_current_user(self) -> Principal | None:
@@ -102,5 +102,5 @@ class ApiHandler(BaseHandler):
 
 
 class NotFoundApi(ApiHandler):
-    async def prepare(self) -> None:  # type: ignore[override]
+    async def prepare(self) -> None:
         raise RequestError(f"no such API endpoint: {self.request.path}", 404)

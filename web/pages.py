@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
 import tornado.web
@@ -9,7 +10,14 @@ from sqlalchemy import select
 
 from orchestrator import lifecycle
 from orchestrator.errors import RequestError
-from orchestrator.models import Instance, InstanceEvent, InstanceMember, InstanceStatus, User, utcnow
+from orchestrator.models import (
+    Instance,
+    InstanceEvent,
+    InstanceMember,
+    InstanceStatus,
+    User,
+    utcnow,
+)
 from sharing.access import access_of
 from sharing.policy import Action, authorize, member_role
 from web.api import visible_instance
@@ -59,7 +67,7 @@ class DashboardHandler(BaseHandler):
     async def get(self) -> None:
         await self._render()
 
-    async def _render(self, error: str = "", form: dict[str, object] | None = None) -> None:
+    async def _render(self, error: str = "", form: Mapping[str, object] | None = None) -> None:
         who = self.principal
         assert who is not None
         async with self.portal.db.session() as s:
@@ -111,7 +119,7 @@ class InstancePage(BaseHandler):
         async with self.portal.db.session() as s:
             instance = await visible_instance(s, who, uid)
             access = access_of(instance)
-            events = []
+            events: Sequence[InstanceEvent] = []
             if authorize(who, access, Action.READ_AUDIT):
                 events = (await s.scalars(select(InstanceEvent)
                                           .where(InstanceEvent.instance_id == instance.id)
@@ -140,7 +148,7 @@ class LabSlashRedirect(BaseHandler):
 
 
 class HealthHandler(BaseHandler):
-    async def prepare(self) -> None:  # type: ignore[override]
+    async def prepare(self) -> None:
         pass
 
     async def get(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import urlsplit
@@ -73,34 +74,41 @@ def upstream_headers(incoming: HTTPHeaders, token: str, drop: frozenset[str]) ->
     return out
 
 
+@dataclass(frozen=True)
+class Refusal:
+    status: int
+    message: str
+    redirect: str = ""
+
+    def answer(self, handler: tornado.web.RequestHandler) -> None:
+        if self.redirect:
+            handler.redirect(self.redirect)
+            return
+        handler.set_status(self.status)
+        handler.finish({"error": {"status": self.status, "message": self.message}})
+
+
 class ProxyAuth:
     """What the HTTP and WebSocket proxy handlers share: find and authorise the route."""
 
     action = Action.OPEN_LAB
 
-    async def authorised_route(self: Any, uid: str) -> Route | None:
-        """The route when the caller may use it; otherwise answers the request and None."""
+    async def authorise(self: Any, uid: str) -> Route | Refusal:
         handler: BaseHandler = self
         route = await handler.portal.routes.get(uid)
         if route is None:
-            handler.set_status(404)
-            handler.finish({"error": {"status": 404, "message": "no such instance"}})
-            return None
+            return Refusal(404, "no such instance")
         decision = authorize(handler.principal, route.access, self.action)
         if not decision:
-            if decision.status == 401 and handler.request.method == "GET" and not (
-                    handler.request.headers.get("Upgrade")):
-                handler.redirect(f"/login?next={tornado.escape.url_escape(handler.request.uri)}")
-                return None
-            handler.set_status(decision.status)
-            handler.finish({"error": {"status": decision.status, "message": decision.reason}})
-            return None
+            request = handler.request
+            if decision.status == 401 and request.method == "GET" and not (
+                    request.headers.get("Upgrade")):
+                return Refusal(401, decision.reason,
+                               f"/login?next={tornado.escape.url_escape(request.uri or '/')}")
+            return Refusal(decision.status, decision.reason)
         if "jupyter" not in route.endpoints:
-            handler.set_status(503)
-            handler.finish({"error": {"status": 503, "message":
-                                      f"the instance is {route.status.value.lower()}, "
-                                      "JupyterLab is not available"}})
-            return None
+            return Refusal(503, f"the instance is {route.status.value.lower()}, "
+                                "JupyterLab is not available")
         return route
 
 
@@ -111,23 +119,25 @@ class LabProxyHandler(ProxyAuth, BaseHandler):
     _body: asyncio.Queue[bytes | None] | None = None
     _upstream: asyncio.Task[None] | None = None
     _headers_sent = False
+    _refusal: Refusal | None = None
 
     def check_xsrf_cookie(self) -> None:
         # Cross-site requests cannot carry the session cookie (SameSite=Lax) and are
         # refused by the origin check in prepare(); JupyterLab's own XSRF is off behind us.
         pass
 
-    async def prepare(self) -> None:  # type: ignore[override]
+    async def prepare(self) -> None:
+        # Refusals are answered from the method, after the request was read: finishing in
+        # prepare() would drop the keep-alive connection under the client's next request.
         await super().prepare()
-        uid = self.path_args[0]
         origin = self.request.headers.get("Origin")
         if origin and self.request.method not in ("GET", "HEAD", "OPTIONS") and (
                 urlsplit(origin).netloc != self.request.host):
-            self.set_status(403)
-            self.finish({"error": {"status": 403, "message": "cross-origin request refused"}})
+            self._refusal = Refusal(403, "cross-origin request refused")
             return
-        route = await self.authorised_route(uid)
-        if route is None:
+        route = await self.authorise(self.path_args[0])
+        if isinstance(route, Refusal):
+            self._refusal = route
             return
         has_body = ("Content-Length" in self.request.headers and
                     self.request.headers["Content-Length"] != "0") or (
@@ -141,7 +151,7 @@ class LabProxyHandler(ProxyAuth, BaseHandler):
             return self._body.put(chunk)  # a full queue pauses reading from the client
         return None
 
-    async def _produce(self, write: Any) -> None:
+    async def _produce(self, write: Any) -> None:  # body_producer
         assert self._body is not None
         while (chunk := await self._body.get()) is not None:
             await write(chunk)
@@ -185,13 +195,13 @@ class LabProxyHandler(ProxyAuth, BaseHandler):
             headers["Content-Length"] = request.headers["Content-Length"]
         upstream = HTTPRequest(
             url, method=request.method or "GET", headers=headers,
-            body_producer=self._produce if self._body is not None else None,
+            body_producer=self._produce if self._body is not None else None,  # type: ignore[arg-type]
             follow_redirects=False, decompress_response=False, allow_nonstandard_methods=True,
             header_callback=self._on_header_line, streaming_callback=self._on_chunk,
             connect_timeout=10, request_timeout=3600)
         try:
             await AsyncHTTPClient().fetch(upstream, raise_error=False)
-        except (OSError, HTTPClientError, asyncio.TimeoutError) as err:
+        except (TimeoutError, OSError, HTTPClientError) as err:
             if not self._headers_sent:
                 self.set_status(502)
                 self.finish({"error": {"status": 502,
@@ -199,6 +209,9 @@ class LabProxyHandler(ProxyAuth, BaseHandler):
             return
 
     async def _relay(self, *args: str) -> None:
+        if self._refusal is not None:
+            self._refusal.answer(self)
+            return
         if self._body is not None:
             await self._body.put(None)
         if self._upstream is not None:
@@ -208,9 +221,9 @@ class LabProxyHandler(ProxyAuth, BaseHandler):
                 self.finish()
             except Exception:  # the upstream broke off mid-body: close the connection
                 if self.request.connection is not None:
-                    self.request.connection.close()
+                    self.request.connection.close()  # type: ignore[attr-defined]
 
-    get = head = post = put = patch = delete = options = _relay  # type: ignore[assignment]
+    get = head = post = put = patch = delete = options = _relay
 
     def on_connection_close(self) -> None:
         if self._upstream is not None and not self._upstream.done():
@@ -227,15 +240,16 @@ class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
     def portal(self) -> Any:
         return self.application.settings["portal"]
 
-    async def get(self, uid: str, path: str) -> None:  # type: ignore[override]
+    async def get(self, uid: str, path: str) -> None:
         self.principal = await self.portal.auth.principal(self)
         origin = self.request.headers.get("Origin")
         if origin is not None and not self.check_origin(origin):
             self.set_status(403)
             self.finish({"error": {"status": 403, "message": "cross-origin WebSocket refused"}})
             return
-        route = await self.authorised_route(uid)
-        if route is None:
+        route = await self.authorise(uid)
+        if isinstance(route, Refusal):
+            route.answer(self)
             return
         target = route.endpoints["jupyter"].replace("http", "ws", 1).rstrip("/") + self.request.uri
         headers = upstream_headers(self.request.headers, route.secrets.get("jupyter_token", ""),

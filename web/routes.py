@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import select
 
@@ -36,7 +36,7 @@ class Route:
 class TtlCache(Generic[K, V]):
     """A small cache with expiry, explicit invalidation and one load per missing key."""
 
-    def __init__(self, load: Callable[[K], Awaitable[V]], ttl: float) -> None:
+    def __init__(self, load: Callable[[K], Coroutine[Any, Any, V]], ttl: float) -> None:
         self._load = load
         self._ttl = ttl
         self._items: dict[K, tuple[float, V]] = {}
