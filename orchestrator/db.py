@@ -76,7 +76,7 @@ class Database:
         cfg.set_main_option("script_location", str(MIGRATIONS))
         return cfg
 
-    async def upgrade(self, revision: str = "head") -> None:
+    async def upgrade(self, revision: str = "heads") -> None:
         cfg = self._alembic_config()
 
         def run(conn: Connection) -> None:
@@ -86,14 +86,17 @@ class Database:
         async with self.engine.begin() as conn:
             await conn.run_sync(run)
 
-    async def revisions(self) -> tuple[str | None, str | None]:
-        """(current revision of the database, head revision of the code)."""
-        head = ScriptDirectory.from_config(self._alembic_config()).get_current_head()
+    async def revisions(self) -> tuple[str, str]:
+        """(revisions of the database, head revisions of the code), comma-separated.
+
+        Migrations may branch (features developed side by side); every head is applied.
+        """
+        heads = ScriptDirectory.from_config(self._alembic_config()).get_heads()
         async with self.engine.connect() as conn:
             current = await conn.run_sync(
-                lambda c: MigrationContext.configure(c).get_current_revision()
+                lambda c: MigrationContext.configure(c).get_current_heads()
             )
-        return current, head
+        return ",".join(sorted(current)), ",".join(sorted(heads))
 
     async def check_schema(self) -> None:
         """Raise :class:`SchemaOutOfDate` with the fix when the schema is not at head."""
