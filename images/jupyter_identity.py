@@ -19,7 +19,7 @@ from typing import Any
 from jupyter_server.auth.identity import IdentityProvider, User
 
 
-class AtriumIdentityProvider(IdentityProvider):  # type: ignore[misc]
+class AtriumIdentityProvider(IdentityProvider):
     """Accepts only requests carrying the session secret, as sent by Atrium's proxy."""
 
     def __init__(self, **kwargs: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import logging
 import os
 import sys
@@ -13,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from orchestrator import cli_catalog
 from orchestrator.db import Database, SchemaOutOfDate
 from orchestrator.errors import RequestError
 from orchestrator.settings import Settings, SettingsError, load_settings
@@ -100,7 +102,8 @@ async def cmd_token_create(settings: Settings, args: argparse.Namespace) -> int:
             user = await s.scalar(select(User).where(User.username == args.username))
             if user is None:
                 raise RequestError(f"no user {args.username!r}")
-            token = await create_token(s, user, args.name)
+            lifetime = dt.timedelta(days=args.expires_days) if args.expires_days else None
+            token = await create_token(s, user, args.name, lifetime)
             await s.commit()
     finally:
         await db.close()
@@ -127,6 +130,9 @@ def parser() -> argparse.ArgumentParser:
     create = token.add_parser("create", help="create an API token for USER and print it")
     create.add_argument("username")
     create.add_argument("--name", default="cli", help="a label for the token")
+    create.add_argument("--expires-days", type=int, default=0,
+                        help="days until the token expires (default: never)")
+    cli_catalog.add_parsers(sub)
     return p
 
 
@@ -134,6 +140,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Coroutine[Any, Any,
     "serve": cmd_serve, "demo": cmd_demo, "db upgrade": cmd_db_upgrade,
     "db current": cmd_db_current, "sync-experiments": cmd_sync,
     "token create": cmd_token_create,
+    **cli_catalog.COMMANDS,
 }
 
 
@@ -143,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
     name = " ".join(filter(None, [args.command, getattr(args, "db_command", None),
-                                  getattr(args, "token_command", None)]))
+                                  getattr(args, "token_command", None),
+                                  getattr(args, "catalog_command", None)]))
     env = dict(os.environ)
     if args.command == "demo":
         env.setdefault("ATRIUM_DEMO_MODE", "true")

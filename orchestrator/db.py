@@ -49,6 +49,24 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+async def begin_write(session: AsyncSession) -> None:
+    """Turn the session's transaction into a write transaction now, on SQLite.
+
+    SQLite's driver opens a transaction lazily, at the first write, so two sessions may both
+    read a count and then both write (check-then-insert races). ``BEGIN IMMEDIATE`` takes
+    the database's single write lock first (waiting up to the busy timeout), so everything
+    the session reads afterwards is current until it commits, and writers run one at a time.
+    If the session has already written, it holds that lock already. On PostgreSQL this does
+    nothing: callers lock the rows their decision depends on (``SELECT ... FOR UPDATE``).
+    """
+    conn = await session.connection()
+    if conn.dialect.name != "sqlite":
+        return
+    raw = await conn.get_raw_connection()
+    if not raw.driver_connection.in_transaction:  # type: ignore[union-attr]
+        await conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 class Database:
     """The engine and a session factory; one per process."""
 

@@ -7,9 +7,10 @@ API alike, so both refuse the same things with the same messages.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,8 +29,10 @@ from orchestrator.models import (
     Role,
     Target,
     User,
+    utcnow,
 )
 from quotas.admission import admit_launch
+from quotas.flavours import launch_refusal, may_offer
 from sharing.access import access_of
 from sharing.policy import Action, Principal, authorize
 
@@ -66,23 +69,41 @@ async def experiments_of(session: AsyncSession, user: User) -> Sequence[Experime
     return rows.all()
 
 
-async def plans_for(session: AsyncSession, user: User,
-                    backends: Sequence[str] | None = None) -> Sequence[Plan]:
-    """Plans ``user`` may launch: visible, not deprecated (hidden images: admins only)."""
-    rows = (await session.scalars(select(Plan).order_by(Plan.id))).all()
+async def launchable_plans(session: AsyncSession, user: User,
+                           backends: Sequence[str] | None = None) -> Sequence[Plan]:
+    """Enabled plans on enabled backends, of images that are not deprecated and visible
+    (hidden images: admins only), before flavour limits."""
+    rows = (await session.scalars(select(Plan).where(Plan.enabled).order_by(Plan.id))).all()
     admin = Role.ADMIN in user.role_names
     return [p for p in rows
             if (p.image.visible or admin) and not p.image.deprecated
             and (backends is None or p.backend in backends)]
 
 
+async def plans_for(session: AsyncSession, user: User,
+                    backends: Sequence[str] | None = None) -> Sequence[Plan]:
+    """Plans ``user`` may launch: :func:`launchable_plans` whose flavour is open to the
+    user's roles or to an instrument of one of the user's experiments."""
+    instruments = {e.instrument.name for e in await experiments_of(session, user)
+                   if e.instrument is not None}
+    return [p for p in await launchable_plans(session, user, backends)
+            if may_offer(p.flavour, user.role_names, instruments)]
+
+
 async def launch(session: AsyncSession, user: User, *, name: object, plan_id: object,
-                 experiment_ids: object, backends: Sequence[str], quota: int) -> Instance:
-    """Validate and record a launch (status BUILDING, target RUNNING); commit is the caller's."""
+                 experiment_ids: object, backends: Sequence[str], quota: int,
+                 now: Callable[[], dt.datetime] = utcnow) -> Instance:
+    """Validate and record a launch (status BUILDING, target RUNNING); commit is the caller's.
+
+    Refuses plans whose flavour is reserved for other roles or instruments (403) and launches
+    beyond the user's quota (409; ``quota`` is the default number of instances). Admission
+    locks the user until the caller commits, so concurrent launches cannot overrun it.
+    """
     name = validate_name(name)
     if not isinstance(plan_id, int) or isinstance(plan_id, bool):
         raise RequestError("plan_id must be the id of a plan (an integer)")
-    plan = next((p for p in await plans_for(session, user, backends) if p.id == plan_id), None)
+    plan = next((p for p in await launchable_plans(session, user, backends)
+                 if p.id == plan_id), None)
     if plan is None:
         raise RequestError(f"unknown plan {plan_id}", 404)
     if not isinstance(experiment_ids, list) or not all(
@@ -95,11 +116,17 @@ async def launch(session: AsyncSession, user: User, *, name: object, plan_id: ob
         raise RequestError(
             f"you are not a member of experiment(s) {', '.join(map(str, foreign))}", 403
         )
-    await admit_launch(session, user, plan, quota)
+    chosen = [mine[e] for e in dict.fromkeys(experiment_ids)]
+    refused = launch_refusal(plan.flavour, user.role_names,
+                             {e.instrument.name for e in chosen if e.instrument is not None})
+    if refused:
+        raise RequestError(refused, 403)
+    limits = await admit_launch(session, user, plan, quota)
     instance = Instance(uid=new_uid(), name=name, owner=user, plan=plan, backend=plan.backend,
                         target=Target.RUNNING, status=InstanceStatus.BUILDING,
-                        progress="Waiting for the orchestrator",
-                        experiments=[mine[e] for e in dict.fromkeys(experiment_ids)])
+                        progress="Waiting for the orchestrator", experiments=chosen)
+    if limits.lifetime_hours is not None:
+        instance.termination_date = now() + dt.timedelta(hours=limits.lifetime_hours)
     instance.members.append(InstanceMember(user=user, role=MemberRole.OWNER))
     instance.secret = InstanceSecret(jupyter_token=secrets.token_urlsafe(32),
                                      vnc_password=secrets.token_urlsafe(6)[:8])

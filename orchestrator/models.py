@@ -174,6 +174,14 @@ class Flavour(Base):
     memory_mb: Mapped[int] = mapped_column(Integer, default=2048)
     gpus: Mapped[int] = mapped_column(Integer, default=0)
     backend_refs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Flavour limits: when either list is non-empty, only holders of one of the roles, or
+    # launches with an experiment on one of the instruments (by name), may use the flavour.
+    limit_roles: Mapped[list[str]] = mapped_column(JSON, default=list)
+    limit_instruments: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+    @property
+    def limited(self) -> bool:
+        return bool(self.limit_roles or self.limit_instruments)
 
 
 class Plan(Base):
@@ -187,6 +195,9 @@ class Plan(Base):
     flavour_id: Mapped[int] = mapped_column(ForeignKey("flavours.id"))
     backend: Mapped[str] = mapped_column(String(32), default="local")
     preset: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Disabled plans are kept for the instances (and accounting) that refer to them, but
+    # nobody can launch them any more.
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
 
     image: Mapped[Image] = relationship(lazy="joined")
     flavour: Mapped[Flavour] = relationship(lazy="joined")
@@ -293,6 +304,45 @@ class InstanceEvent(Base):
     user: Mapped[User | None] = relationship(lazy="joined")
 
 
+class UserGroup(Base):
+    """A group a user belongs to (from the identity provider or set by admins); quota
+    policies may name groups."""
+
+    __tablename__ = "user_groups"
+    __table_args__ = (Index("ix_user_groups_name", "name"),)
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"),
+                                         primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+
+
+class QuotaScope(enum.StrEnum):
+    """Whom a quota policy applies to; the most specific scope wins (USER first)."""
+
+    USER = "USER"
+    GROUP = "GROUP"
+    ROLE = "ROLE"
+    DEFAULT = "DEFAULT"
+
+
+class QuotaPolicy(Base):
+    """Limits for a user, a group, a role or everyone. ``None`` means "not set here": the
+    limit then comes from a less specific policy (see quotas/policies.py)."""
+
+    __tablename__ = "quota_policies"
+    __table_args__ = (UniqueConstraint("scope", "subject"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    scope: Mapped[QuotaScope] = mapped_column(_enum(QuotaScope))
+    subject: Mapped[str] = mapped_column(String(128), default="")  # username/group/role
+    max_instances: Mapped[int | None] = mapped_column(Integer)
+    max_cpus: Mapped[float | None] = mapped_column(Float)
+    max_memory_mb: Mapped[int | None] = mapped_column(Integer)
+    max_gpus: Mapped[int | None] = mapped_column(Integer)
+    max_lifetime_hours: Mapped[float | None] = mapped_column(Float)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
 class ApiToken(Base):
     """A personal API token; only its SHA-256 is stored."""
 
@@ -308,3 +358,57 @@ class ApiToken(Base):
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
 
     user: Mapped[User] = relationship(lazy="joined")
+
+
+class LoginSession(Base):
+    """A browser's login. The cookie holds a random id; only its SHA-256 is stored, so the
+    table cannot be used to hijack sessions. Logout and revocation mark ``revoked_at``.
+
+    OpenID Connect logins keep the provider's tokens: the ID token as ``id_token_hint`` at
+    logout, the refresh token to check now and then that the provider session still lives.
+    """
+
+    __tablename__ = "login_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    method: Mapped[str] = mapped_column(String(16))  # "oidc" or "demo"
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    provider_sid: Mapped[str] = mapped_column(String(255), default="")
+    id_token: Mapped[str] = mapped_column(Text, default="")
+    refresh_token: Mapped[str] = mapped_column(Text, default="")
+    provider_checked_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    user_agent: Mapped[str] = mapped_column(String(255), default="")
+
+
+class PendingLogin(Base):
+    """An OpenID Connect login between the redirect to the provider and its answer.
+
+    Consumed (deleted) by the one answer that uses it, so a replayed answer finds nothing.
+    """
+
+    __tablename__ = "pending_logins"
+
+    state: Mapped[str] = mapped_column(String(64), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(64))
+    code_verifier: Mapped[str] = mapped_column(String(128))
+    next_url: Mapped[str] = mapped_column(String(1024), default="/")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+
+
+class UserIdentity(Base):
+    """Links a provider's subject (stable, unlike usernames) to an Atrium user."""
+
+    __tablename__ = "user_identities"
+
+    issuer: Mapped[str] = mapped_column(String(255), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(255), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    # The groups the provider gave at the last login, so groups that disappear there are
+    # removed here while groups set by admins stay.
+    groups: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    last_login_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

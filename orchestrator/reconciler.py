@@ -33,7 +33,14 @@ from orchestrator.models import (
     utcnow,
 )
 from orchestrator.specs import spec_for
-from spawners.base import Backend, BackendError, BackendState, InstanceSpec, ResourceState
+from spawners.base import (
+    Backend,
+    BackendError,
+    BackendState,
+    InstanceSpec,
+    Observation,
+    ResourceState,
+)
 
 log = logging.getLogger("atrium.reconciler")
 
@@ -57,11 +64,12 @@ class Reconciler:
     def __init__(self, db: Database, backends: Mapping[str, Backend], *,
                  interval: float = 10.0, start_timeout: float = 180.0,
                  on_change: Callable[[str], None] | None = None,
-                 max_parallel: int = 32) -> None:
+                 max_parallel: int = 32, protocol_grace: float = 30.0) -> None:
         self.db = db
         self.backends = backends
         self.interval = interval
         self.start_timeout = start_timeout
+        self.protocol_grace = protocol_grace
         self.on_change = on_change or (lambda uid: None)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._dirty: set[str] = set()
@@ -122,21 +130,36 @@ class Reconciler:
         report = SweepReport()
         # List resources before reading rows: a resource is only created after its row is
         # committed, so every resource listed here has a row visible to the query below.
-        managed = {name: await b.list_managed() for name, b in self.backends.items()}
+        managed: dict[str, dict[str, Observation]] = {}
+        for name, provider in self.backends.items():
+            try:
+                managed[name] = await provider.list_managed()
+            except Exception as err:
+                # An unreachable provider must not stop the others' reconciliation; its
+                # instances are left as they are until it answers again.
+                log.warning("listing %s resources failed: %s", name, err)
         async with self.db.session() as s:
             rows = (await s.execute(
                 select(Instance.uid, Instance.backend, Instance.status, Instance.target,
-                       Instance.reboot_requested)
+                       Instance.reboot_requested, Instance.ready_protocols)
                 .where(Instance.status != S.DELETED)
             )).all()
+        ready = {row[0]: row[5] for row in rows}
         live: dict[str, set[str]] = {name: set() for name in self.backends}
-        for uid, backend, status, target, reboot in rows:
+        for uid, backend, status, target, reboot, _ in rows:
             report.instances += 1
             live.setdefault(backend, set()).add(uid)
+            if backend not in managed and status in AT_REST[target] and not reboot:
+                continue  # provider unreachable: nothing to compare with
             seen = managed.get(backend, {}).get(uid)
             vanished = status in (S.ACTIVE, S.PARTIALLY_ACTIVE) and (
                 seen is None or seen.state is not ResourceState.RUNNING)
-            if reboot or status not in AT_REST[target] or vanished:
+            # A protocol's processes died (when the backend can tell without probing), or
+            # a partially active instance may have recovered: observe it again.
+            degraded = status is S.PARTIALLY_ACTIVE or (
+                status is S.ACTIVE and seen is not None and seen.processes is not None
+                and not set(ready.get(uid, ())) <= seen.processes)
+            if reboot or status not in AT_REST[target] or vanished or degraded:
                 if uid not in self._tasks:
                     report.kicked += 1
                     self.kick(uid)
@@ -242,17 +265,24 @@ class Reconciler:
 
     async def _await_ready(self, backend: Backend, instance: Instance,
                            spec: InstanceSpec) -> None:
-        """Observe until every protocol answers (ACTIVE), or fail after start_timeout."""
+        """Observe until every protocol answers (ACTIVE).
+
+        Once one protocol answers, the others get ``protocol_grace`` seconds before the
+        instance is PARTIALLY_ACTIVE; nothing answering after ``start_timeout`` is an ERROR.
+        An instance already running is observed once: it becomes ACTIVE, PARTIALLY_ACTIVE
+        or ERROR according to what answers now.
+        """
         began = time.monotonic()
         delay, last_progress, restarted = 0.02, 0.0, False
+        first_ready: float | None = None
         wanted = set(spec.protocols)
+        running = instance.status in (S.ACTIVE, S.PARTIALLY_ACTIVE)
         while True:
             obs = await backend.observe(instance.uid, instance.backend_state, spec.secrets,
                                         spec.protocols)
             if obs.state is ResourceState.FAILED:
                 raise BackendError(obs.reason or "the session failed")
-            if obs.state is ResourceState.STOPPED and not restarted and instance.status not in (
-                    S.ACTIVE, S.PARTIALLY_ACTIVE):
+            if obs.state is ResourceState.STOPPED and not restarted and not running:
                 # A start interrupted by a crash: start again, once.
                 restarted = True
                 state = await backend.start(spec, instance.backend_state,
@@ -260,11 +290,12 @@ class Reconciler:
                 await self._set(instance, backend_state=state)
                 continue
             if obs.state in (ResourceState.GONE, ResourceState.STOPPED):
-                if instance.status in (S.ACTIVE, S.PARTIALLY_ACTIVE):
-                    raise BackendError("the session's resources vanished")
-                raise BackendError("the session stopped while starting")
+                raise BackendError("the session's resources vanished" if running
+                                   else "the session stopped while starting")
             elapsed = time.monotonic() - began
-            if wanted and wanted <= obs.ready:
+            if obs.ready and first_ready is None:
+                first_ready = elapsed
+            if wanted <= obs.ready:
                 if instance.status is not S.ACTIVE:
                     await self._set(
                         instance, "active", f"ready after {elapsed:.1f} s", status=S.ACTIVE,
@@ -272,25 +303,27 @@ class Reconciler:
                         ready_protocols=sorted(obs.ready),
                         activated_at=instance.activated_at or utcnow())
                 return
-            if instance.status in (S.ACTIVE, S.PARTIALLY_ACTIVE) and elapsed > 0:
-                # Running instances are checked for presence only; probes happen on use.
-                if obs.state is ResourceState.RUNNING:
-                    return
-            if elapsed > self.start_timeout:
-                if obs.ready:
-                    await self._set(instance, "partially-active", status=S.PARTIALLY_ACTIVE,
-                                    progress="", endpoints=dict(obs.endpoints),
+            if obs.ready and (running or elapsed - (first_ready or 0) > self.protocol_grace):
+                missing = ", ".join(sorted(wanted - obs.ready))
+                if instance.status is not S.PARTIALLY_ACTIVE or set(
+                        instance.ready_protocols) != set(obs.ready):
+                    await self._set(instance, "partially-active", f"not answering: {missing}",
+                                    status=S.PARTIALLY_ACTIVE, progress="",
+                                    endpoints=dict(obs.endpoints),
                                     ready_protocols=sorted(obs.ready),
-                                    status_reason="not answering: "
-                                    + ", ".join(sorted(wanted - obs.ready)))
-                    return
+                                    status_reason=f"not answering: {missing}")
+                return
+            if running:
+                raise BackendError("none of the session's protocols answers")
+            if elapsed > self.start_timeout:
                 raise BackendError(f"the session did not answer within {self.start_timeout:.0f} s")
             if instance.uid in self._dirty:
                 return  # the target changed: look at the database again
             if elapsed - last_progress >= 1.0:
                 last_progress = elapsed
+                waiting = ", ".join(sorted(wanted - obs.ready))
                 await self._set(instance, status=S.STARTING, endpoints=dict(obs.endpoints),
-                                progress=f"Starting {', '.join(sorted(wanted))} "
-                                         f"({elapsed:.0f} s)")
+                                ready_protocols=sorted(obs.ready),
+                                progress=f"Starting {waiting} ({elapsed:.0f} s)")
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.25)

@@ -23,6 +23,31 @@ start-up and raises :class:`SettingsError` naming the variable and what was expe
 | ATRIUM_DEFAULT_QUOTA | 2 | instances a user may own at once |
 | ATRIUM_LOCAL_PYTHON | this interpreter | the Python that runs local JupyterLab sessions |
 | ATRIUM_SDK_THREADS | 8 | threads for blocking SDK calls |
+| ATRIUM_K8S_NAMESPACE | atrium | namespace of session pods (kubernetes backend) |
+| ATRIUM_K8S_KUBECONFIG | in-cluster/default | kubeconfig file of the cluster |
+| ATRIUM_K8S_CONTEXT | current | kubeconfig context |
+| ATRIUM_K8S_USE_SERVICE | false | reach sessions through a Service per instance |
+| ATRIUM_SESSION_LIFETIME | 604800 | seconds a login lasts at most (then log in again) |
+| ATRIUM_SESSION_IDLE_TIMEOUT | 86400 | seconds without a request after which a login ends |
+| ATRIUM_OIDC_ISSUER | (none: OIDC off) | the OpenID Connect provider's issuer URL (1) |
+| ATRIUM_OIDC_CLIENT_ID | (required with ISSUER) | Atrium's client id at the provider |
+| ATRIUM_OIDC_CLIENT_SECRET | (none: public client) | its secret (or *_SECRET_FILE: a file) |
+| ATRIUM_OIDC_SCOPES | openid profile email | scopes asked for (with openid; e.g. groups) |
+| ATRIUM_OIDC_USERNAME_CLAIM | preferred_username | claim giving the Atrium username |
+| ATRIUM_OIDC_EMAIL_CLAIM | email | claim giving the email address |
+| ATRIUM_OIDC_NAME_CLAIM | name | claim giving the display name |
+| ATRIUM_OIDC_GROUPS_CLAIM | groups | claim listing groups; dots descend: realm_access.roles |
+| ATRIUM_OIDC_ROLE_GROUPS | (none) | groups granting roles: `ROLE=group,group;ROLE=group` (2) |
+| ATRIUM_OIDC_RECHECK_INTERVAL | 300 | seconds between checks that the provider session lives (3) |
+| ATRIUM_OIDC_LABEL | Log in with your facility account | the login button's text |
+
+(1) https, or http on loopback only; discovery at ISSUER/.well-known/openid-configuration.
+Register ``PUBLIC_URL/login/oidc/callback`` as the client's redirect URI and
+``PUBLIC_URL/logout/done`` as its post-logout redirect URI.
+(2) Roles: ADMIN, STAFF, SUPPORT, INSTRUMENT_SCIENTIST, GUEST. The roles named here follow
+the provider's groups at every login; the others are left as admins set them.
+(3) A refresh-token grant: the provider refuses it once its session has ended (logout
+elsewhere, expiry), and the Atrium login ends with it. 0: never check.
 """
 
 from __future__ import annotations
@@ -32,6 +57,7 @@ import secrets
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 
 class SettingsError(Exception):
@@ -58,7 +84,35 @@ class Settings:
     default_quota: int = 2
     local_python: str = sys.executable
     sdk_threads: int = 8
+    k8s_namespace: str = "atrium"
+    k8s_kubeconfig: str = ""
+    k8s_context: str = ""
+    k8s_use_service: bool = False
+    session_lifetime: float = 7 * 86400.0
+    session_idle_timeout: float = 86400.0
+    oidc_issuer: str = ""
+    oidc_client_id: str = ""
+    oidc_client_secret: str = field(default="", repr=False)
+    oidc_scopes: tuple[str, ...] = ("openid", "profile", "email")
+    oidc_username_claim: str = "preferred_username"
+    oidc_email_claim: str = "email"
+    oidc_name_claim: str = "name"
+    oidc_groups_claim: str = "groups"
+    # role -> the groups granting it; only these roles are managed by the provider.
+    oidc_role_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    oidc_recheck_interval: float = 300.0
+    oidc_label: str = "Log in with your facility account"
     extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def oidc_enabled(self) -> bool:
+        return bool(self.oidc_issuer)
+
+    @property
+    def secure_cookies(self) -> bool:
+        """Cookies carry ``Secure`` when users reach Atrium over https (also behind a
+        TLS-terminating ingress, where the request itself arrives over http)."""
+        return self.public_url.startswith("https://")
 
     @property
     def sessions_dir(self) -> Path:
@@ -165,9 +219,85 @@ def load_settings(env: dict[str, str] | None = None, **overrides: object) -> Set
         default_quota=int(_number(env, "ATRIUM_DEFAULT_QUOTA", 2)),
         local_python=env.get("ATRIUM_LOCAL_PYTHON") or sys.executable,
         sdk_threads=int(_number(env, "ATRIUM_SDK_THREADS", 8, minimum=1)),
+        k8s_namespace=env.get("ATRIUM_K8S_NAMESPACE", "atrium"),
+        k8s_kubeconfig=env.get("ATRIUM_K8S_KUBECONFIG", ""),
+        k8s_context=env.get("ATRIUM_K8S_CONTEXT", ""),
+        k8s_use_service=_bool(env, "ATRIUM_K8S_USE_SERVICE", False),
+        session_lifetime=_number(env, "ATRIUM_SESSION_LIFETIME", 7 * 86400.0, minimum=1),
+        session_idle_timeout=_number(env, "ATRIUM_SESSION_IDLE_TIMEOUT", 86400.0, minimum=1),
+        **_oidc(env),
     )
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
+
+
+_LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+def _oidc(env: dict[str, str]) -> dict[str, object]:
+    """The OpenID Connect settings (all empty when ATRIUM_OIDC_ISSUER is not set)."""
+    issuer = env.get("ATRIUM_OIDC_ISSUER", "").strip().rstrip("/")
+    client_id = env.get("ATRIUM_OIDC_CLIENT_ID", "").strip()
+    if not issuer:
+        if client_id:
+            raise SettingsError("ATRIUM_OIDC_CLIENT_ID is set but ATRIUM_OIDC_ISSUER is not: "
+                                "give the provider's issuer URL")
+        return {}
+    parts = urlsplit(issuer)
+    # The spec wants https; plain http is accepted for a provider on this machine only.
+    if not parts.hostname or parts.scheme not in ("https", "http") or (
+            parts.scheme == "http" and parts.hostname not in _LOOPBACK) or parts.query:
+        raise SettingsError(f"ATRIUM_OIDC_ISSUER={issuer!r}: expected an https:// URL "
+                            "(http:// only on loopback) without query")
+    if not client_id:
+        raise SettingsError("ATRIUM_OIDC_CLIENT_ID is required when ATRIUM_OIDC_ISSUER is set")
+    secret = env.get("ATRIUM_OIDC_CLIENT_SECRET", "")
+    secret_file = env.get("ATRIUM_OIDC_CLIENT_SECRET_FILE", "")
+    if secret_file:
+        try:
+            secret = Path(secret_file).read_text().strip()
+        except OSError as err:
+            raise SettingsError(f"ATRIUM_OIDC_CLIENT_SECRET_FILE={secret_file!r}: "
+                                f"{err.strerror}") from None
+    scopes = tuple(env.get("ATRIUM_OIDC_SCOPES", "openid profile email").replace(",", " ")
+                   .split())
+    if "openid" not in scopes:
+        raise SettingsError(f"ATRIUM_OIDC_SCOPES={' '.join(scopes)!r}: must include openid")
+    claims: dict[str, object] = {}
+    for name, default in (("USERNAME", "preferred_username"), ("EMAIL", "email"),
+                          ("NAME", "name"), ("GROUPS", "groups")):
+        value = env.get(f"ATRIUM_OIDC_{name}_CLAIM", default).strip()
+        if not value or not all(p for p in value.split(".")):
+            raise SettingsError(f"ATRIUM_OIDC_{name}_CLAIM={value!r}: expected a claim name")
+        claims[f"oidc_{name.lower()}_claim"] = value
+    return dict(
+        oidc_issuer=issuer, oidc_client_id=client_id, oidc_client_secret=secret,
+        oidc_scopes=scopes, **claims,
+        oidc_role_groups=parse_role_groups(env.get("ATRIUM_OIDC_ROLE_GROUPS", "")),
+        oidc_recheck_interval=_number(env, "ATRIUM_OIDC_RECHECK_INTERVAL", 300.0),
+        oidc_label=env.get("ATRIUM_OIDC_LABEL") or "Log in with your facility account",
+    )
+
+
+def parse_role_groups(raw: str) -> dict[str, tuple[str, ...]]:
+    """``"ADMIN=admins;STAFF=staff,beamline"`` -> ``{"ADMIN": ("admins",), "STAFF": (...)}``.
+
+    Raises :class:`SettingsError` (naming ATRIUM_OIDC_ROLE_GROUPS) on an unknown role or a
+    role without groups.
+    """
+    from orchestrator.models import Role
+
+    result: dict[str, tuple[str, ...]] = {}
+    for item in filter(None, (i.strip() for i in raw.split(";"))):
+        role, sep, groups = item.partition("=")
+        role = role.strip().upper()
+        names = tuple(g.strip() for g in groups.split(",") if g.strip())
+        if role not in Role.__members__ or not sep or not names:
+            raise SettingsError(
+                f"ATRIUM_OIDC_ROLE_GROUPS: {item!r}: expected ROLE=group[,group...] with ROLE "
+                f"one of {', '.join(Role.__members__)}")
+        result[role] = result.get(role, ()) + names
+    return result
 
 
 def _demo_cookie_secret(state_dir: Path) -> str:

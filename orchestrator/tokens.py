@@ -37,3 +37,29 @@ async def user_id_for_token(session: AsyncSession, digest: str) -> int | None:
     if row.expires_at is not None and row.expires_at <= utcnow():
         return None
     return row.user_id
+
+
+async def tokens_of(session: AsyncSession, user_id: int) -> list[ApiToken]:
+    """A user's tokens, newest first (revoked ones included, for the record)."""
+    return list((await session.scalars(select(ApiToken).where(ApiToken.user_id == user_id)
+                                       .order_by(ApiToken.id.desc()))).all())
+
+
+async def revoke_token(session: AsyncSession, user_id: int, token_id: int) -> str | None:
+    """Revoke one of ``user_id``'s tokens; returns its hash (to drop from caches), or None
+    when the user has no such token. Revoking twice is harmless."""
+    row = await session.get(ApiToken, token_id)
+    if row is None or row.user_id != user_id:
+        return None
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+    return row.token_hash
+
+
+def token_state(row: ApiToken, now: dt.datetime | None = None) -> str:
+    """``active``, ``expired`` or ``revoked``."""
+    if row.revoked_at is not None:
+        return "revoked"
+    if row.expires_at is not None and row.expires_at <= (now or utcnow()):
+        return "expired"
+    return "active"

@@ -111,6 +111,9 @@ class Observation:
     ready: frozenset[str] = frozenset()  # protocols that answered a probe
     reason: str = ""
     backend_state: BackendState = field(default_factory=dict)
+    # Protocols whose processes/containers run, when the backend knows without probing
+    # (local processes, container statuses); None when it cannot tell.
+    processes: frozenset[str] | None = None
 
 
 class Backend(ABC):
@@ -161,6 +164,10 @@ class Backend(ABC):
         Used by the reconciler to find orphans (resources without a live instance) and
         vanished resources (live instances without resources). Protocol probes are not run.
         """
+
+    async def set_keyboard_layout(self, uid: str, state: BackendState, layout: str) -> None:
+        """Switch the desktop's X keyboard layout (``layout`` is validated by the caller)."""
+        raise BackendError(f"the {self.name} backend cannot change keyboard layouts")
 
     async def close(self) -> None:
         """Release clients and threads."""

@@ -1,20 +1,24 @@
-"""The local backend: each instance is a set of processes on this machine.
+"""The local backend: each instance is a few processes on this machine.
 
 Layout of one instance, under ``<sessions_dir>/<uid>/``:
 
 * ``labels.json`` - the instance uid and deployment id (found by :meth:`list_managed`);
 * ``home/`` - the session's home and JupyterLab root; ``home/data/<proposal>`` are the
   experiments' data, mounted read-only;
-* ``process.json`` - pid, start time and port of the running session (absent when stopped);
+* ``process.json`` - the running processes (pid and start time per service), their ports
+  and protocols; absent when stopped;
 * ``session.log`` - what the session printed.
 
-Processes run in a session of their own (they survive an Atrium restart) and carry the
-instance's labels in their environment (see :mod:`spawners.localproc`).
+Services per protocol: ``jupyter`` runs JupyterLab; ``desktop`` runs TigerVNC's ``Xvnc``
+(loopback only, the instance's VNC password) and a desktop session (xfce or openbox) on it.
+Processes run in sessions of their own (they survive an Atrium restart) and carry the
+instance's labels in their environment (see :mod:`spawners.localproc`), so everything a
+session started - kernels, agents - is found and ended by label.
 
-Read-only data: as root, the session runs in a private mount namespace (``unshare``) where
-each experiment's folder is bind-mounted read-only, so even root inside it gets EROFS, as on
-a pod's ``readOnly`` volume. Without root, the folders are symlinked and the data's own file
-permissions apply (documented in the README).
+Read-only data: as root, JupyterLab and the desktop session run in a private mount namespace
+(``unshare``) where each experiment's folder is bind-mounted read-only: even root inside gets
+EROFS, as on a pod's ``readOnly`` volume. Without root, the folders are symlinked and the
+data's own file permissions apply.
 """
 
 from __future__ import annotations
@@ -22,11 +26,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shlex
 import shutil
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from spawners.base import (
     LABEL_DEPLOYMENT,
@@ -39,9 +43,17 @@ from spawners.base import (
     Observation,
     ResourceState,
 )
+from spawners.local_commands import (
+    PROFILES,
+    desktop_session_command,
+    in_mount_namespace,
+    jupyter_command,
+    vnc_command,
+)
 from spawners.localproc import (
     ENV_DEPLOYMENT,
     ENV_INSTANCE,
+    free_display,
     free_port,
     is_alive,
     labelled_processes,
@@ -49,9 +61,8 @@ from spawners.localproc import (
     tail,
     terminate,
 )
-from spawners.probe import jupyter_ready
-
-IDENTITY_PROVIDER = "images.jupyter_identity.AtriumIdentityProvider"
+from spawners.probe import jupyter_ready, rfb_ready
+from spawners.vncauth import vnc_password_file
 
 
 def _can_bind_mount() -> bool:
@@ -60,27 +71,8 @@ def _can_bind_mount() -> bool:
     return subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode == 0
 
 
-def jupyter_command(python: str, spec: InstanceSpec, port: int, home: Path) -> list[str]:
-    """The JupyterLab command line of a session (pure)."""
-    return [
-        python, "-m", "jupyterlab", "--no-browser", "--allow-root",
-        "--ip=127.0.0.1", f"--port={port}", "--port-retries=0",
-        f"--ServerApp.base_url={spec.base_url}",
-        f"--ServerApp.root_dir={home}",
-        f"--ServerApp.identity_provider_class={IDENTITY_PROVIDER}",
-        "--LabApp.news_url=None",
-        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-        "--ServerApp.terminals_enabled=True",
-    ]
-
-
-def mount_script(mounts: list[tuple[Path, Path]]) -> str:
-    """Shell lines that bind each source read-only onto its target (pure)."""
-    lines = []
-    for source, target in mounts:
-        s, t = shlex.quote(str(source)), shlex.quote(str(target))
-        lines.append(f"mount --bind {s} {t} && mount -o remount,bind,ro {t}")
-    return " && ".join(lines + ['exec "$@"'])
+# Which recorded process serves which protocol.
+SERVICES = {"jupyter": ("jupyter",), "desktop": ("vnc", "session")}
 
 
 class LocalBackend(Backend):
@@ -91,7 +83,7 @@ class LocalBackend(Backend):
         self.sessions_dir = sessions_dir
         self.python = python
         self.bind_mounts = _can_bind_mount()
-        self._children: dict[str, asyncio.subprocess.Process] = {}
+        self._displays: set[int] = set()
         sessions_dir.mkdir(parents=True, exist_ok=True)
 
     def _dir(self, uid: str) -> Path:
@@ -102,6 +94,9 @@ class LocalBackend(Backend):
     # --- contract ---------------------------------------------------------------------
 
     async def create(self, spec: InstanceSpec, checkpoint: Checkpoint) -> BackendState:
+        if spec.image_ref not in PROFILES:
+            raise BackendError(f"unknown local profile {spec.image_ref!r}; one of "
+                               + ", ".join(PROFILES))
         root = self._dir(spec.uid)
         home = root / "home"
         (home / "data").mkdir(parents=True, exist_ok=True)
@@ -124,25 +119,66 @@ class LocalBackend(Backend):
     async def start(self, spec: InstanceSpec, state: BackendState,
                     checkpoint: Checkpoint) -> BackendState:
         root = self._dir(spec.uid)
-        running = self._running(root)
-        if running is not None:  # idempotent: already started (e.g. before a crash)
-            return {**state, **running}
+        running = self._read(root)
+        if running is not None and self._alive(running):
+            return {**state, "ports": running["ports"]}  # already started (e.g. before a crash)
         home = root / "home"
         if not home.is_dir():
             raise BackendError("the instance's files are gone; it cannot be started again")
         # Processes of a start interrupted by a crash are not recorded: end them first.
         await terminate(self.deployment_id, spec.uid)
+        mounts = [(Path(m.source), home / m.target) for m in spec.mounts] \
+            if self.bind_mounts else []
+        env = self._env(spec, root)
+        info: dict[str, Any] = {"procs": {}, "ports": {}, "protocols": list(spec.protocols)}
+        try:
+            if "desktop" in spec.protocols:
+                await self._start_desktop(spec, root, env, mounts, info)
+            if "jupyter" in spec.protocols:
+                port = free_port()
+                command = in_mount_namespace(
+                    jupyter_command(self.python, spec, port, home), mounts)
+                info["procs"]["jupyter"] = await self._spawn(root, command, env)
+                info["ports"]["jupyter"] = port
+        except OSError as err:
+            await terminate(self.deployment_id, spec.uid)
+            raise BackendError(f"could not start the session: {err}") from err
+        finally:
+            self._displays.discard(info.get("display", -1))
+        (root / "process.json").write_text(json.dumps(info))
+        state = {**state, "ports": info["ports"]}
+        await checkpoint(state)
+        return state
+
+    async def _start_desktop(self, spec: InstanceSpec, root: Path, env: dict[str, str],
+                             mounts: list[tuple[Path, Path]], info: dict[str, Any]) -> None:
+        display = free_display(taken=self._displays)
+        self._displays.add(display)
+        info["display"] = display
         port = free_port()
-        command = jupyter_command(self.python, spec, port, home)
-        if self.bind_mounts and spec.mounts:
-            mounts = [(Path(m.source), home / m.target) for m in spec.mounts]
-            command = ["unshare", "--mount", "--propagation", "private", "--",
-                       "sh", "-c", mount_script(mounts), "atrium-session", *command]
-        env = {
+        password = root / "vncpasswd"
+        password.write_bytes(vnc_password_file(spec.secrets.get("vnc_password", "")))
+        password.chmod(0o600)
+        info["procs"]["vnc"] = await self._spawn(root, vnc_command(display, port, password), env)
+        info["ports"]["desktop"] = port
+        # The desktop session needs the X server's socket before it starts.
+        for _ in range(200):
+            if Path(f"/tmp/.X11-unix/X{display}").exists():
+                break
+            await asyncio.sleep(0.02)
+        session_env = {**env, "DISPLAY": f":{display}"}
+        info["procs"]["session"] = await self._spawn(
+            root, in_mount_namespace(desktop_session_command(spec.image_ref), mounts),
+            session_env)
+
+    def _env(self, spec: InstanceSpec, root: Path) -> dict[str, str]:
+        home = root / "home"
+        return {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "HOME": str(home),
             "USER": spec.owner.username,
+            "XDG_RUNTIME_DIR": str(root / "run"),
             "JUPYTER_CONFIG_DIR": str(root / "jupyter" / "config"),
             "JUPYTER_DATA_DIR": str(root / "jupyter" / "data"),
             "JUPYTER_RUNTIME_DIR": str(root / "jupyter" / "runtime"),
@@ -151,33 +187,23 @@ class LocalBackend(Backend):
             ENV_INSTANCE: spec.uid,
             ENV_DEPLOYMENT: self.deployment_id,
         }
-        log = open(root / "session.log", "ab")  # noqa: SIM115 - handed to the child
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *command, cwd=home, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True)
-        except OSError as err:
-            raise BackendError(f"could not start JupyterLab: {err}") from err
-        finally:
-            log.close()
-        self._children[spec.uid] = proc
-        asyncio.get_running_loop().create_task(self._reap(spec.uid, proc))
-        info = {"pid": proc.pid, "ticks": start_ticks(proc.pid), "port": port}
-        (root / "process.json").write_text(json.dumps(info))
-        state = {**state, **info}
-        await checkpoint(state)
-        return state
 
-    async def _reap(self, uid: str, proc: asyncio.subprocess.Process) -> None:
-        await proc.wait()
-        if self._children.get(uid) is proc:
-            del self._children[uid]
+    async def _spawn(self, root: Path, command: list[str], env: dict[str, str]
+                     ) -> dict[str, int | None]:
+        (root / "run").mkdir(mode=0o700, exist_ok=True)
+        with open(root / "session.log", "ab") as log:
+            proc = await asyncio.create_subprocess_exec(
+                *command, cwd=root / "home", env=env, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True)
+        # Reap the child when it exits, so it does not linger as a zombie.
+        asyncio.get_running_loop().create_task(proc.wait())
+        return {"pid": proc.pid, "ticks": start_ticks(proc.pid)}
 
     async def stop(self, uid: str, state: BackendState) -> BackendState:
         root = self._dir(uid)
         (root / "process.json").unlink(missing_ok=True)  # a stop, not a crash
         await terminate(self.deployment_id, uid)
-        return {k: v for k, v in state.items() if k not in ("pid", "ticks", "port")}
+        return {k: v for k, v in state.items() if k != "ports"}
 
     async def reboot(self, spec: InstanceSpec, state: BackendState,
                      checkpoint: Checkpoint) -> BackendState:
@@ -193,14 +219,33 @@ class LocalBackend(Backend):
 
     async def observe(self, uid: str, state: BackendState, secrets: Mapping[str, str],
                       protocols: tuple[str, ...]) -> Observation:
-        root = self._dir(uid)
-        obs = self._observe_dir(root)
-        if obs.state is ResourceState.RUNNING and "jupyter" in protocols:
-            if await jupyter_ready(obs.endpoints["jupyter"], f"/instances/{uid}/lab/",
-                                   secrets.get("jupyter_token", "")):
-                return Observation(obs.state, obs.endpoints, frozenset({"jupyter"}),
-                                   backend_state=obs.backend_state)
-        return obs
+        obs = self._observe_dir(self._dir(uid))
+        if obs.state is not ResourceState.RUNNING:
+            return obs
+        ready: set[str] = set()
+        checks = []
+        if "jupyter" in obs.ready:
+            checks.append(("jupyter", jupyter_ready(obs.endpoints["jupyter"],
+                                                    f"/instances/{uid}/lab/",
+                                                    secrets.get("jupyter_token", ""))))
+        if "desktop" in obs.ready:
+            port = int(obs.endpoints["desktop"].rsplit(":", 1)[1])
+            checks.append(("desktop", rfb_ready("127.0.0.1", port)))
+        results = await asyncio.gather(*(c for _, c in checks))
+        ready = {name for (name, _), ok in zip(checks, results, strict=True) if ok}
+        return Observation(obs.state, obs.endpoints, frozenset(ready),
+                           backend_state=obs.backend_state)
+
+    async def set_keyboard_layout(self, uid: str, state: BackendState, layout: str) -> None:
+        info = self._read(self._dir(uid))
+        if info is None or "display" not in info:
+            raise BackendError("the desktop is not running")
+        proc = await asyncio.create_subprocess_exec(
+            "setxkbmap", "-display", f":{info['display']}", "-layout", layout,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise BackendError(f"setxkbmap failed: {err.decode(errors='replace').strip()}")
 
     async def list_managed(self) -> dict[str, Observation]:
         loop = asyncio.get_running_loop()
@@ -208,28 +253,38 @@ class LocalBackend(Backend):
 
     # --- helpers ----------------------------------------------------------------------
 
-    def _running(self, root: Path) -> dict[str, int] | None:
+    @staticmethod
+    def _read(root: Path) -> dict[str, Any] | None:
         try:
-            info = json.loads((root / "process.json").read_text())
+            info: dict[str, Any] = json.loads((root / "process.json").read_text())
+            return info
         except (FileNotFoundError, ValueError):
             return None
-        if is_alive(info["pid"], info.get("ticks")):
-            return {"pid": info["pid"], "ticks": info.get("ticks"), "port": info["port"]}
-        return None
+
+    @staticmethod
+    def _alive(info: dict[str, Any]) -> set[str]:
+        return {name for name, p in info["procs"].items() if is_alive(p["pid"], p["ticks"])}
 
     def _observe_dir(self, root: Path) -> Observation:
+        """Process-level view, no probes: ``ready`` and ``processes`` hold the protocols
+        whose processes run (``observe`` then probes those)."""
         if not root.is_dir():
             return Observation(ResourceState.GONE)
-        running = self._running(root)
-        if running is not None:
-            return Observation(ResourceState.RUNNING,
-                               {"jupyter": f"http://127.0.0.1:{running['port']}"},
-                               backend_state={"dir": str(root), **running})
-        if (root / "process.json").exists():
-            reason = tail(root / "session.log", 3) or "the session's process exited"
-            return Observation(ResourceState.FAILED, reason=f"JupyterLab exited: {reason}",
+        info = self._read(root)
+        if info is None:
+            return Observation(ResourceState.STOPPED, backend_state={"dir": str(root)})
+        alive = self._alive(info)
+        if not alive:
+            reason = tail(root / "session.log", 3) or "the session's processes exited"
+            return Observation(ResourceState.FAILED, reason=f"the session exited: {reason}",
                                backend_state={"dir": str(root)})
-        return Observation(ResourceState.STOPPED, backend_state={"dir": str(root)})
+        endpoints = {p: (f"http://127.0.0.1:{port}" if p == "jupyter"
+                         else f"vnc://127.0.0.1:{port}") for p, port in info["ports"].items()}
+        running = frozenset(p for p in info["protocols"]
+                            if all(s in alive for s in SERVICES[p]))
+        return Observation(ResourceState.RUNNING, endpoints, running,
+                           backend_state={"dir": str(root), "ports": info["ports"]},
+                           processes=running)
 
     def _list_managed(self) -> dict[str, Observation]:
         found: dict[str, Observation] = {}

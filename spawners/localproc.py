@@ -112,3 +112,14 @@ def tail(path: Path, lines: int = 5) -> str:
     except OSError:
         return ""
     return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def free_display(taken: set[int], first: int = 20) -> int:
+    """An X display number with no server (no lock file, no socket) and not being started."""
+    for n in range(first, first + 1000):
+        if n in taken:
+            continue
+        if Path(f"/tmp/.X{n}-lock").exists() or Path(f"/tmp/.X11-unix/X{n}").exists():
+            continue
+        return n
+    raise RuntimeError("no free X display number")

@@ -14,7 +14,7 @@ async def jupyter_ready(endpoint: str, base_url: str, token: str, timeout: float
                           connect_timeout=timeout, request_timeout=timeout)
     try:
         response = await AsyncHTTPClient().fetch(request, raise_error=False)
-    except (OSError, HTTPClientError, asyncio.TimeoutError):
+    except (TimeoutError, OSError, HTTPClientError):
         return False
     return response.code == 200
 
@@ -23,7 +23,22 @@ async def tcp_ready(host: str, port: int, timeout: float = 1.0) -> bool:
     """True when something accepts TCP connections at host:port."""
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return False
     writer.close()
     return True
+
+
+async def rfb_ready(host: str, port: int, timeout: float = 2.0) -> bool:
+    """True when a VNC server at host:port greets with an RFB version."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (TimeoutError, OSError):
+        return False
+    try:
+        banner = await asyncio.wait_for(reader.readexactly(12), timeout)
+        return banner.startswith(b"RFB ")
+    except (TimeoutError, OSError, asyncio.IncompleteReadError):
+        return False
+    finally:
+        writer.close()

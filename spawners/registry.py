@@ -13,6 +13,15 @@ def make_backends(settings: Settings) -> dict[str, Backend]:
         if name == "local":
             backends[name] = LocalBackend(settings.deployment_id, settings.sessions_dir,
                                           settings.local_python)
+        elif name == "kubernetes":
+            from spawners.kubernetes import KubernetesBackend, KubernetesSettings
+
+            backends[name] = KubernetesBackend(settings.deployment_id, KubernetesSettings(
+                namespace=settings.k8s_namespace,
+                kubeconfig=settings.k8s_kubeconfig or None,
+                context=settings.k8s_context or None,
+                use_service=settings.k8s_use_service,
+                max_workers=settings.sdk_threads))
         else:
             raise SettingsError(f"the {name} backend is not available in this build yet")
     return backends

@@ -105,6 +105,7 @@ class AtriumServer:
             **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None
+        self._tokens: dict[str, str] = {}
         self.log = state_dir / "server.log"
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -148,7 +149,10 @@ class AtriumServer:
                 self.proc.wait()
 
     def token(self, username: str) -> str:
-        return self.cli("token", "create", username).stdout.strip()
+        """An API token of ``username`` (one per user and server, created on first use)."""
+        if username not in self._tokens:
+            self._tokens[username] = self.cli("token", "create", username).stdout.strip()
+        return self._tokens[username]
 
     def client(self, username: str | None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.token(username)}"} if username else {}

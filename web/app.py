@@ -18,13 +18,18 @@ from orchestrator.experiments_sync import periodic_sync
 from orchestrator.reconciler import Reconciler
 from orchestrator.settings import Settings
 from spawners.registry import make_backends
-from web import pages
+from web import oidc, pages
+from web.admin_api import ADMIN_API_ROUTES
+from web.admin_pages import ADMIN_PAGE_ROUTES
 from web.api import API_ROUTES
 from web.auth import Authenticator
 from web.base import NotFoundApi
+from web.desktop import DesktopBridge, DesktopPage, KeyboardHandler, novnc_dir
+from web.oidc_client import OidcClient
 from web.portal import Portal
 from web.proxy import IsWebSocket, LabProxyHandler, LabWebSocketProxy
 from web.routes import PrincipalCache, RouteTable
+from web.tokens import TOKEN_ROUTES
 
 HERE = Path(__file__).parent
 log = logging.getLogger("atrium")
@@ -37,12 +42,23 @@ def make_app(portal: Portal) -> tornado.web.Application:
         Rule(IsWebSocket(rf"/instances/{UID}/lab/(.*)"), LabWebSocketProxy),
         (rf"/instances/{UID}/lab/(.*)", LabProxyHandler),
         (rf"/instances/{UID}/lab", pages.LabSlashRedirect),
+        Rule(IsWebSocket(rf"/instances/{UID}/desktop/websockify"), DesktopBridge),
+        (rf"/instances/{UID}/desktop", DesktopPage),
         (rf"/instances/{UID}", pages.InstancePage),
         (r"/", pages.DashboardHandler),
         (r"/login", pages.LoginHandler),
         (r"/logout", pages.LogoutHandler),
+        (r"/logout/done", oidc.LoggedOutHandler),
+        (r"/login/oidc", oidc.OidcStartHandler),
+        (r"/login/oidc/callback", oidc.OidcCallbackHandler),
         (r"/healthz", pages.HealthHandler),
+        (rf"/api/v1/instances/{UID}/keyboard", KeyboardHandler),
         *API_ROUTES,
+        *TOKEN_ROUTES,
+        *ADMIN_API_ROUTES,
+        *ADMIN_PAGE_ROUTES,
+        *([(r"/novnc/(.*)", tornado.web.StaticFileHandler, {"path": str(novnc_dir())})]
+          if novnc_dir() else []),
         (r"/api/.*", NotFoundApi),
     ]
     return tornado.web.Application(
@@ -50,7 +66,8 @@ def make_app(portal: Portal) -> tornado.web.Application:
         portal=portal,
         cookie_secret=portal.settings.cookie_secret,
         xsrf_cookies=True,
-        xsrf_cookie_kwargs={"samesite": "Lax"},
+        cross_origin_protection=True,
+        xsrf_cookie_kwargs={"samesite": "Lax", "secure": portal.settings.secure_cookies},
         login_url="/login",
         static_path=str(HERE / "static"),
         websocket_max_message_size=256 * 1024 * 1024,
@@ -69,9 +86,14 @@ async def build_portal(settings: Settings, db: Database) -> Portal:
     backends = make_backends(settings)
     reconciler = Reconciler(db, backends, interval=settings.reconcile_interval,
                             start_timeout=settings.start_timeout, on_change=routes.invalidate)
-    return Portal(settings=settings, db=db, reconciler=reconciler, routes=routes,
-                  principals=principals, auth=Authenticator(db, principals),
-                  templates=make_templates())
+    portal = Portal(settings=settings, db=db, reconciler=reconciler, routes=routes,
+                    principals=principals,
+                    auth=Authenticator(db, principals, settings=settings),
+                    templates=make_templates(),
+                    oidc=OidcClient(settings) if settings.oidc_enabled else None)
+    if portal.oidc is not None:
+        portal.auth.provider_check = oidc.provider_check(portal, portal.oidc)
+    return portal
 
 
 async def serve(settings: Settings) -> None:
@@ -90,6 +112,12 @@ async def serve(settings: Settings) -> None:
         sync_task = asyncio.get_running_loop().create_task(periodic_sync(settings, db))
     log.info("Atrium listening on %s (backends: %s)", settings.public_url,
              ", ".join(settings.backends))
+    if settings.demo_mode:
+        log.warning("DEMO MODE is on (ATRIUM_DEMO_MODE): anyone who reaches %s can log in "
+                    "as any user without a password. Never use it in production.",
+                    settings.public_url)
+    if not settings.demo_mode and not settings.oidc_enabled:
+        log.warning("no login method: set ATRIUM_OIDC_ISSUER (only API tokens work now)")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.lifecycle import NAME_MAX
+from web.openapi_admin import ADMIN_PATHS, ADMIN_SCHEMAS
 
 _ERROR = {"description": "error", "content": {"application/json": {
     "schema": {"$ref": "#/components/schemas/Error"}}}}
@@ -27,7 +28,10 @@ def openapi_document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "Atrium API", "version": "1",
                  "description": "Launch and manage analysis sessions. Authenticate with "
-                                "`Authorization: Bearer <token>` (`atrium token create USER`)."},
+                                "`Authorization: Bearer <token>`: create tokens on the "
+                                "/tokens page or with `atrium token create USER`. Calls "
+                                "authenticated by the browser's session cookie must carry "
+                                "the `X-XSRFToken` header (the `_xsrf` cookie's value)."},
         "servers": [{"url": "/api/v1"}],
         "security": [{"bearer": []}],
         "paths": {
@@ -59,11 +63,26 @@ def openapi_document() -> dict[str, Any]:
                                       "schema": {"enum": ["start", "stop", "reboot"]}}],
                 "post": {"summary": "Start, stop or reboot the instance",
                          "responses": {"202": _ok(_ref("Instance")), **_ERRORS}}},
+            "/tokens": {
+                "get": {"summary": "The caller's API tokens (never the tokens themselves)",
+                        "responses": {"200": _ok({"type": "array", "items": _ref("Token")}),
+                                      **_ERRORS}},
+                "post": {"summary": "Create a token; the answer is the only time it is shown. "
+                                    "Needs a browser login: a token cannot create tokens.",
+                         "requestBody": {"required": True, "content": {"application/json": {
+                             "schema": _ref("TokenRequest")}}},
+                         "responses": {"201": _ok(_ref("NewToken"), "created"), **_ERRORS}}},
+            "/tokens/{id}": {
+                "parameters": [{"name": "id", "in": "path", "required": True,
+                                "schema": {"type": "integer"}}],
+                "delete": {"summary": "Revoke a token (refused from the next request on)",
+                           "responses": {"200": _ok(_ref("Token")), **_ERRORS}}},
             "/instances/{uid}/events": {
                 "parameters": [_UID],
                 "get": {"summary": "The instance's audit trail",
                         "responses": {"200": _ok({"type": "array", "items": _ref("Event")}),
                                       **_ERRORS}}},
+            **ADMIN_PATHS,
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -103,9 +122,24 @@ def openapi_document() -> dict[str, Any]:
                     "protocols": {"type": "array", "items": {"type": "string"}},
                     "ready_protocols": {"type": "array", "items": {"type": "string"}},
                     "urls": {"type": "object"}, "members": {"type": "array"}}},
+                "Token": {"type": "object", "properties": {
+                    "id": {"type": "integer"}, "name": {"type": "string"},
+                    "prefix": {"type": "string", "description": "the token's first characters"},
+                    "state": {"enum": ["active", "expired", "revoked"]},
+                    "created_at": {"type": "string", "format": "date-time"},
+                    "expires_at": {"type": ["string", "null"], "format": "date-time"},
+                    "revoked_at": {"type": ["string", "null"], "format": "date-time"}}},
+                "TokenRequest": {"type": "object", "required": ["name"], "properties": {
+                    "name": {"type": "string", "maxLength": 100},
+                    "expires_in_days": {"type": ["integer", "null"], "minimum": 1,
+                                        "maximum": 3650,
+                                        "description": "omitted or null: never expires"}}},
+                "NewToken": {"allOf": [_ref("Token"), {"type": "object", "properties": {
+                    "token": {"type": "string", "description": "shown this once only"}}}]},
                 "Event": {"type": "object", "properties": {
                     "at": {"type": "string"}, "kind": {"type": "string"},
                     "detail": {"type": "string"}, "user": {"type": ["string", "null"]}}},
+                **ADMIN_SCHEMAS,
             },
         },
     }

@@ -18,29 +18,43 @@ from orchestrator.models import (
     User,
     utcnow,
 )
+from quotas.admission import quota_status
+from quotas.flavours import reserved_for
+from quotas.usage import usage_by_experiment
 from sharing.access import access_of
 from sharing.policy import Action, authorize, member_role
 from web.api import visible_instance
-from web.auth import SESSION_COOKIE, SESSION_DAYS
 from web.base import BaseHandler
 
 
 def safe_next(target: str | None) -> str:
-    """Only same-site paths are followed after login (no open redirects)."""
-    if not target or not target.startswith("/") or target.startswith("//"):
+    """Only same-site paths are followed after login (no open redirects; browsers read a
+    backslash as a slash, so ``/\\evil.example`` would leave the site)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
         return "/"
     parts = urlsplit(target)
     return parts.path + (f"?{parts.query}" if parts.query else "")
 
 
+async def render_login(handler: BaseHandler, *, next_url: str = "/", error: str = "",
+                       notice: str = "") -> None:
+    """The login page: the provider's button when OIDC is configured, the demo users in
+    demo mode only, and the outcome of the last attempt (``error``/``notice``)."""
+    portal = handler.portal
+    users: Sequence[User] = []
+    if portal.settings.demo_mode:
+        async with portal.db.session() as s:
+            users = (await s.scalars(select(User).order_by(User.username))).all()
+    handler.render_page("login.html", users=users, next=next_url, error=error, notice=notice,
+                        oidc_label=portal.oidc.label if portal.oidc else "")
+
+
 class LoginHandler(BaseHandler):
     async def get(self) -> None:
-        async with self.portal.db.session() as s:
-            users = (await s.scalars(select(User).order_by(User.username))).all() \
-                if self.portal.settings.demo_mode else []
-        self.render_page("login.html", users=users, next=safe_next(self.get_argument("next", "/")))
+        await render_login(self, next_url=safe_next(self.get_argument("next", "/")))
 
     async def post(self) -> None:
+        """The development login (demo mode only): log in as any user, no password."""
         if not self.portal.settings.demo_mode:
             raise RequestError("the development login is off (it works in demo mode only)", 403)
         username = self.get_argument("username", "")
@@ -50,15 +64,21 @@ class LoginHandler(BaseHandler):
                 raise RequestError(f"no demo user {username!r}", 400)
             user.last_login_at = utcnow()
             await s.commit()
-            self.set_signed_cookie(SESSION_COOKIE, str(user.id), expires_days=SESSION_DAYS,
-                                   httponly=True, samesite="Lax",
-                                   secure=self.request.protocol == "https")
+            user_id = user.id
+        await self.portal.auth.start_session(self, user_id, "demo")
         self.redirect(safe_next(self.get_argument("next", "/")))
 
 
 class LogoutHandler(BaseHandler):
-    def post(self) -> None:
-        self.clear_cookie(SESSION_COOKIE)
+    async def post(self) -> None:
+        """End the Atrium login; for an OIDC login, the provider session too (the provider
+        then sends the browser to /logout/done)."""
+        row = await self.portal.auth.end_session(self)
+        if row is not None and row.method == "oidc" and self.portal.oidc is not None:
+            url = await self.portal.oidc.logout_url(row.id_token)
+            if url:
+                self.redirect(url)
+                return
         self.redirect("/login")
 
 
@@ -81,9 +101,12 @@ class DashboardHandler(BaseHandler):
                        Instance.status != InstanceStatus.DELETED)
                 .order_by(Instance.created_at.desc()))).unique().all()
             rows = [(i, member_role(who, access_of(i))) for i in instances]
+            # Remaining quota, and what the user's instances hold per experiment.
+            quota = await quota_status(s, user, self.portal.settings.default_quota)
+            in_use = await usage_by_experiment(s, [e.id for e in experiments], user.id)
             self.render_page("dashboard.html", user=user, experiments=experiments, plans=plans,
-                             instances=rows, error=error, form=form or {},
-                             quota=self.portal.settings.default_quota)
+                             instances=rows, error=error, form=form or {}, quota=quota,
+                             in_use=in_use, reserved_for=reserved_for)
 
     @tornado.web.authenticated
     async def post(self) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import jinja2
 
@@ -10,6 +10,7 @@ from orchestrator.db import Database
 from orchestrator.reconciler import Reconciler
 from orchestrator.settings import Settings
 from web.auth import Authenticator
+from web.oidc_client import OidcClient
 from web.routes import PrincipalCache, RouteTable
 
 
@@ -22,6 +23,10 @@ class Portal:
     principals: PrincipalCache
     auth: Authenticator
     templates: jinja2.Environment
+    oidc: OidcClient | None = None  # OpenID Connect login, when configured
+    # uid -> time of the last user input (desktop) or request (JupyterLab); flushed in
+    # batches by the lifetime rules rather than written per event.
+    activity: dict[str, float] = field(default_factory=dict)
 
     def changed(self, uid: str) -> None:
         """An instance changed in this process: drop its cached route."""

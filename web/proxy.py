@@ -74,6 +74,12 @@ def upstream_headers(incoming: HTTPHeaders, token: str, drop: frozenset[str]) ->
     return out
 
 
+def cross_origin_error(handler: tornado.websocket.WebSocketHandler) -> str | None:
+    """Tornado's own cross-origin verdict for a WebSocket, taken before the upgrade so that
+    nothing is opened upstream for a refused request."""
+    return handler._check_cross_origin(handler.check_origin)
+
+
 @dataclass(frozen=True)
 class Refusal:
     status: int
@@ -93,7 +99,7 @@ class ProxyAuth:
 
     action = Action.OPEN_LAB
 
-    async def authorise(self: Any, uid: str) -> Route | Refusal:
+    async def authorise(self: Any, uid: str, protocol: str = "jupyter") -> Route | Refusal:
         handler: BaseHandler = self
         route = await handler.portal.routes.get(uid)
         if route is None:
@@ -106,9 +112,10 @@ class ProxyAuth:
                 return Refusal(401, decision.reason,
                                f"/login?next={tornado.escape.url_escape(request.uri or '/')}")
             return Refusal(decision.status, decision.reason)
-        if "jupyter" not in route.endpoints:
+        if protocol not in route.endpoints:
+            service = "JupyterLab" if protocol == "jupyter" else "the desktop"
             return Refusal(503, f"the instance is {route.status.value.lower()}, "
-                                "JupyterLab is not available")
+                                f"{service} is not available")
         return route
 
 
@@ -242,10 +249,9 @@ class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
 
     async def get(self, uid: str, path: str) -> None:
         self.principal = await self.portal.auth.principal(self)
-        origin = self.request.headers.get("Origin")
-        if origin is not None and not self.check_origin(origin):
-            self.set_status(403)
-            self.finish({"error": {"status": 403, "message": "cross-origin WebSocket refused"}})
+        error = cross_origin_error(self)
+        if error is not None:
+            Refusal(403, f"cross-origin WebSocket refused: {error}").answer(self)
             return
         route = await self.authorise(uid)
         if isinstance(route, Refusal):

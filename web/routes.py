@@ -41,28 +41,39 @@ class TtlCache(Generic[K, V]):
         self._ttl = ttl
         self._items: dict[K, tuple[float, V]] = {}
         self._loading: dict[K, asyncio.Task[V]] = {}
+        # Bumped by every invalidation: a load that overlapped one may have read the old
+        # row, so its value is returned to its callers but not kept (revocations must hold).
+        self._epoch = 0
 
     async def get(self, key: K) -> V:
         hit = self._items.get(key)
         now = time.monotonic()
         if hit is not None and hit[0] > now:
             return hit[1]
+        epoch = self._epoch
         task = self._loading.get(key)
         if task is None:
             task = asyncio.get_running_loop().create_task(self._load(key))
             self._loading[key] = task
-            task.add_done_callback(lambda _: self._loading.pop(key, None))
+            task.add_done_callback(
+                lambda t: self._loading.pop(key) if self._loading.get(key) is t else None)
         value = await asyncio.shield(task)
+        if epoch != self._epoch:
+            return value
         self._items[key] = (now + self._ttl, value)
         if len(self._items) > 50_000:
             self._items = {k: v for k, v in self._items.items() if v[0] > now}
         return value
 
     def invalidate(self, key: K) -> None:
+        self._epoch += 1
         self._items.pop(key, None)
+        self._loading.pop(key, None)  # later callers load afresh
 
     def clear(self) -> None:
+        self._epoch += 1
         self._items.clear()
+        self._loading.clear()
 
 
 class RouteTable(TtlCache[str, Route | None]):

@@ -26,7 +26,12 @@
     const p = root.querySelector("[data-progress]"); if (p) p.textContent = data.progress || "";
     const r = root.querySelector("[data-reason]"); if (r) { r.textContent = data.reason || ""; r.hidden = !data.reason; }
     const sp = root.querySelector("[data-spinner]"); if (sp) sp.hidden = SETTLED.has(data.status);
-    const lab = root.querySelector("[data-open-lab]"); if (lab) lab.hidden = data.status !== "ACTIVE";
+    const ready = new Set(data.ready_protocols || []);
+    const lab = root.querySelector("[data-open-lab]"); if (lab) lab.hidden = !ready.has("jupyter");
+    const desk = root.querySelector("[data-open-desktop]"); if (desk) desk.hidden = !ready.has("desktop");
+    root.querySelectorAll("[data-protocol]").forEach(el => {
+      el.className = `proto ${ready.has(el.dataset.protocol) ? "up" : "down"}`;
+    });
   }
   const page = document.getElementById("instance");
   if (page) poll(page.dataset.uid, d => render(page, d));

@@ -1,0 +1,66 @@
+"""Command lines of local sessions (pure): JupyterLab, the VNC server, the desktop session.
+
+A local profile (the image's ``local`` reference) chooses the desktop session:
+
+* ``jupyterlab`` - no desktop;
+* ``desktop-xfce`` - xfce, falling back to openbox when xfce is not installed;
+* ``desktop-openbox`` - openbox, the light one.
+
+Which services start is decided by the image's protocols (``jupyter``, ``desktop``).
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+from pathlib import Path
+
+from spawners.base import InstanceSpec
+
+IDENTITY_PROVIDER = "images.jupyter_identity.AtriumIdentityProvider"
+PROFILES = ("jupyterlab", "desktop-xfce", "desktop-openbox")
+
+
+def jupyter_command(python: str, spec: InstanceSpec, port: int, home: Path) -> list[str]:
+    return [
+        python, "-m", "jupyterlab", "--no-browser", "--allow-root",
+        "--ip=127.0.0.1", f"--port={port}", "--port-retries=0",
+        f"--ServerApp.base_url={spec.base_url}",
+        f"--ServerApp.root_dir={home}",
+        f"--ServerApp.identity_provider_class={IDENTITY_PROVIDER}",
+        "--LabApp.news_url=None",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+    ]
+
+
+def vnc_command(display: int, port: int, password_file: Path,
+                geometry: str = "1280x800") -> list[str]:
+    """TigerVNC's X server, on loopback only, asking for the instance's VNC password."""
+    return ["Xvnc", f":{display}", "-rfbport", str(port), "-localhost", "-nolisten", "tcp",
+            "-SecurityTypes", "VncAuth", "-PasswordFile", str(password_file),
+            "-geometry", geometry, "-depth", "24", "-AlwaysShared", "-AcceptSetDesktopSize",
+            "-desktop", "Atrium"]
+
+
+def desktop_session_command(profile: str) -> list[str]:
+    """The window manager / desktop session, run with DISPLAY set."""
+    if profile == "desktop-xfce" and shutil.which("xfce4-session"):
+        return ["dbus-launch", "--exit-with-session", "xfce4-session"]
+    return ["openbox-session"] if shutil.which("openbox-session") else ["openbox"]
+
+
+def mount_script(mounts: list[tuple[Path, Path]]) -> str:
+    """Shell lines that bind each source read-only onto its target, then run "$@"."""
+    lines = []
+    for source, target in mounts:
+        s, t = shlex.quote(str(source)), shlex.quote(str(target))
+        lines.append(f"mount --bind {s} {t} && mount -o remount,bind,ro {t}")
+    return " && ".join([*lines, 'exec "$@"'])
+
+
+def in_mount_namespace(command: list[str], mounts: list[tuple[Path, Path]]) -> list[str]:
+    """``command`` in a private mount namespace where ``mounts`` are read-only binds."""
+    if not mounts:
+        return command
+    return ["unshare", "--mount", "--propagation", "private", "--",
+            "sh", "-c", mount_script(mounts), "atrium-session", *command]

@@ -1,0 +1,352 @@
+"""A real, throw-away OpenStack cloud on loopback for Atrium's tests.
+
+:class:`LocalCloud` starts Keystone, Glance, Placement, Neutron and Nova (API, conductor,
+scheduler, compute with the harness driver) from the services venv built by
+``install.sh``, against the machine's PostgreSQL and RabbitMQ:
+
+* fresh databases ``atrium_os_<suffix>_*`` and a fresh RabbitMQ vhost per cloud, dropped
+  by :meth:`LocalCloud.stop` (and by the next start if a crashed run left them behind);
+* every API on a free 127.0.0.1 port; state, configs and logs in ``/tmp/atrium-openstack/
+  <suffix>`` (``ATRIUM_OS_RUN_BASE``), removed on stop unless ``ATRIUM_OS_KEEP=1``;
+* bootstrap: an ``atrium`` project and user (member role, unlimited quotas), a normal and
+  a too-big flavour, a tiny public image, a network with a 127.42.0.0/24 subnet, and a
+  security group opening the JupyterLab port.
+
+:meth:`LocalCloud.start` returns :class:`CloudSettings` for openstacksdk.
+Manual use: ``python -m tests.harness.openstack.cloud`` starts a cloud, prints its
+settings and stops it on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import shutil
+import signal
+import string
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from tests.harness.openstack import bootstrap, procs, schema
+from tests.harness.openstack.bootstrap import CloudSettings
+from tests.harness.openstack.procs import HarnessError
+
+HERE = Path(__file__).resolve().parent
+RUN_BASE = Path(os.environ.get("ATRIUM_OS_RUN_BASE", "/tmp/atrium-openstack"))
+PASSWORD = "secret"  # service users' password: loopback-only throw-away cloud
+SERVICE_USERS = ("nova", "placement", "glance", "neutron")
+
+
+def default_venv() -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return Path(os.environ.get("ATRIUM_OPENSTACK_VENV", cache / "atrium/openstack-venv"))
+
+
+def install(timeout: float = 900) -> Path:
+    """Run install.sh (a no-op when the cached venv is current); return the venv path."""
+    proc = subprocess.run(["bash", str(HERE / "install.sh")], stdout=subprocess.PIPE,
+                          stderr=None, text=True, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        raise HarnessError(f"install.sh failed with {proc.returncode}")
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def _authtoken(user: str, keystone: str) -> str:
+    """The ``[keystone_authtoken]`` / service-auth body for one service user."""
+    return "\n".join([
+        f"www_authenticate_uri = {keystone}/v3",
+        f"auth_url = {keystone}/v3",
+        "auth_type = password",
+        "project_domain_name = Default",
+        "user_domain_name = Default",
+        "project_name = service",
+        f"username = {user}",
+        f"password = {PASSWORD}",
+    ])
+
+
+class LocalCloud:
+    """One test cloud. Use as a context manager, or call :meth:`start` / :meth:`stop`."""
+
+    def __init__(self, venv: Path | None = None) -> None:
+        self.venv = venv or default_venv()
+        self.suffix = secrets.token_hex(4)
+        self.run_dir = RUN_BASE / self.suffix
+        self.etc = self.run_dir / "etc"
+        self.logs = self.run_dir / "logs"
+        self.data = self.run_dir / "data"
+        self.dbs = {name: f"atrium_os_{self.suffix}_{name}" for name in schema.DATABASES}
+        self.vhost = f"atrium-os-{self.suffix}"
+        self.ports = {name: procs.free_port()
+                      for name in ("keystone", "glance", "placement", "neutron", "nova")}
+        self.services: list[procs.Service] = []
+        self._lock = threading.Lock()
+        self._vhost_created = False
+        self.settings: CloudSettings | None = None
+        self.timings: dict[str, float] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def __enter__(self) -> CloudSettings:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 240) -> CloudSettings:
+        """Start and bootstrap the cloud; on any failure stop what was started, then raise."""
+        t0 = time.monotonic()
+        if not (self.venv / "bin" / "nova-manage").exists():
+            raise HarnessError(f"no services venv at {self.venv}: run install.sh")
+        reap_stale_sessions()
+        try:
+            self._prepare()
+            self._mark("databases ready", t0)
+            with ThreadPoolExecutor(max_workers=5, thread_name_prefix="os-up") as pool:
+                futures = [pool.submit(chain) for chain in (
+                    self._keystone, self._glance, self._placement, self._neutron,
+                    self._nova_control)]
+                for fut in futures:
+                    fut.result(timeout=timeout)
+            self._mark("apis up", t0)
+            self._start_compute()
+            settings = self._bootstrap_resources()
+            self._mark("bootstrapped", t0)
+            self._wait_compute_ready(timeout=90)
+            self._mark("compute ready", t0)
+            self.settings = settings
+            return settings
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop every process, drop the databases and the vhost, remove the run dir."""
+        with self._lock:
+            services, self.services = self.services, []
+        # nothing to save in a throw-away cloud: a short grace, then SIGKILL
+        procs.stop_groups(services, procs.groups_tagged(self.run_dir), grace=3)
+        # a session process may have been started while we were stopping nova-compute
+        procs.stop_groups([], procs.groups_tagged(self.run_dir), grace=2)
+        procs.drop_databases(list(self.dbs.values()))
+        if self._vhost_created:
+            procs.delete_vhost(self.vhost)
+        if os.environ.get("ATRIUM_OS_KEEP") != "1":
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def _mark(self, what: str, t0: float) -> None:
+        self.timings[what] = round(time.monotonic() - t0, 1)
+
+    # -- preparation -------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        for d in (self.etc, self.logs, self.data / "locks", self.data / "neutron",
+                  self.data / "nova" / "instances"):
+            d.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "session.json").write_text(json.dumps({
+            "owner_pid": os.getpid(), "databases": list(self.dbs.values()),
+            "vhost": self.vhost}))
+        templates = schema.ensure_templates(self.venv, self._render, default_venv().parent,
+                                            self._env())
+        schema.clone(templates, self.dbs)
+        self._vhost_created = procs.create_vhost(self.vhost)
+        self._render(self.etc, self.dbs)
+        # what `nova-manage cell_v2 map_cell0` and `create_cell` would write, without
+        # paying two interpreter starts
+        procs.psql(
+            "INSERT INTO cell_mappings (created_at, uuid, name, transport_url,"
+            " database_connection, disabled) VALUES"
+            f" (now(), '{uuid.UUID(int=0)}', 'cell0', 'none:///',"
+            f" '{procs.pg_url(self.dbs['nova_cell0'])}', false),"
+            f" (now(), '{uuid.uuid4()}', 'cell1', '{self._transport_url()}',"
+            f" '{procs.pg_url(self.dbs['nova_cell1'])}', false)",
+            db=self.dbs["nova_api"])
+        # what `keystone-manage fernet_setup` / `credential_setup` would write
+        for repo in ("fernet-keys", "credential-keys"):
+            (self.data / repo).mkdir(mode=0o700)
+            for index in ("0", "1"):
+                key = self.data / repo / index
+                key.write_bytes(base64.urlsafe_b64encode(os.urandom(32)))
+                key.chmod(0o600)
+
+    def _transport_url(self) -> str:
+        return procs.rabbit_url(self.vhost if self._vhost_created else "")
+
+    def _render(self, etc: Path, dbs: dict[str, str]) -> None:
+        """Write every service's config for databases ``dbs`` into ``etc``."""
+        etc.mkdir(parents=True, exist_ok=True)
+        keystone = f"http://127.0.0.1:{self.ports['keystone']}"
+        values = {
+            "logs": str(self.logs), "data": str(self.data), "venv": str(self.venv),
+            "transport_url": self._transport_url(),
+            # without our own vhost, isolate clouds by exchange names on "/"
+            "exchange_prefix": "" if self._vhost_created else f"atrium-{self.suffix}-",
+            **{f"{name}_port": str(port) for name, port in self.ports.items()},
+            **{f"db_{name}": procs.pg_url(db) for name, db in dbs.items()},
+            **{f"authtoken_{u}": _authtoken(u, keystone) for u in SERVICE_USERS},
+            **{f"service_auth_{u}": _authtoken(u, keystone).split("\n", 1)[1]
+               for u in SERVICE_USERS},
+        }
+        for tmpl in (HERE / "etc").glob("*.conf"):
+            text = string.Template(tmpl.read_text()).substitute(values)
+            (etc / tmpl.name).write_text(text)
+        # nova's WSGI app loads its paste pipeline from the first file of its config dir
+        shutil.copy(self.venv / "etc" / "nova" / "api-paste.ini", etc / "api-paste.ini")
+
+    def _env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("OS_", "PYTHON", "VIRTUAL_ENV"))}
+        env["PATH"] = f"{self.venv / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}"
+        env["ATRIUM_OS_RUN"] = str(self.run_dir)
+        env.update(extra)
+        return env
+
+    def _bin(self, name: str) -> str:
+        return str(self.venv / "bin" / name)
+
+    def _run(self, log: str, *argv: str) -> None:
+        procs.run(argv, log=self.logs / f"{log}.setup.log", env=self._env())
+
+    def _spawn(self, name: str, argv: list[str], **env: str) -> procs.Service:
+        svc = procs.Service(name, argv, env=self._env(**env),
+                            log=self.logs / f"{name}.out", cwd=self.run_dir)
+        with self._lock:
+            self.services.append(svc)
+        return svc
+
+    def _gunicorn(self, service: str, port: int) -> procs.Service:
+        argv = [self._bin("gunicorn"), "--no-control-socket", "-w", "1", "--threads", "4",
+                "--timeout", "120", "--graceful-timeout", "2", "-b", f"127.0.0.1:{port}", "--chdir", str(HERE),
+                "wsgi_app:application"]
+        return self._spawn(service, argv, ATRIUM_OS_SERVICE=service,
+                           ATRIUM_OS_ETC=str(self.etc))
+
+    def _wait_http(self, svc: procs.Service, port: int, timeout: float = 90) -> None:
+        def up() -> bool:
+            svc.check_alive()
+            return procs.http_answers(port)
+        procs.wait_for(f"{svc.name} on port {port}", up, timeout,
+                       on_timeout=lambda: procs.tail(svc.log))
+
+    # -- one chain per service (run in parallel) ----------------------------------------
+
+    def _keystone(self) -> None:
+        url = f"http://127.0.0.1:{self.ports['keystone']}/v3"
+        self._run("keystone", self._bin("keystone-manage"), "--config-file",
+                  str(self.etc / "keystone.conf"), "bootstrap",
+                  "--bootstrap-password", PASSWORD, "--bootstrap-admin-url", url,
+                  "--bootstrap-internal-url", url, "--bootstrap-public-url", url,
+                  "--bootstrap-region-id", "RegionOne")
+        self._wait_http(self._gunicorn("keystone", self.ports["keystone"]),
+                        self.ports["keystone"])
+        bootstrap.keystone_catalogue(url, PASSWORD, SERVICE_USERS, {
+            "compute": ("nova", f"http://127.0.0.1:{self.ports['nova']}/v2.1"),
+            "placement": ("placement", f"http://127.0.0.1:{self.ports['placement']}"),
+            "image": ("glance", f"http://127.0.0.1:{self.ports['glance']}"),
+            "network": ("neutron", f"http://127.0.0.1:{self.ports['neutron']}"),
+        })
+
+    def _glance(self) -> None:
+        self._wait_http(self._gunicorn("glance", self.ports["glance"]), self.ports["glance"])
+
+    def _placement(self) -> None:
+        self._wait_http(self._gunicorn("placement", self.ports["placement"]),
+                        self.ports["placement"])
+
+    def _neutron(self) -> None:
+        self._wait_http(self._gunicorn("neutron", self.ports["neutron"]),
+                        self.ports["neutron"])
+
+    def _nova_control(self) -> None:
+        conf = ["--config-file", str(self.etc / "nova.conf")]
+        self._spawn("nova-conductor", [self._bin("nova-conductor"), *conf])
+        self._spawn("nova-scheduler", [self._bin("nova-scheduler"), *conf])
+        self._wait_http(self._gunicorn("nova-api", self.ports["nova"]), self.ports["nova"])
+
+    def _start_compute(self) -> None:
+        # the lab driver runs sessions' commands (jupyter) from the test interpreter's venv
+        lab_path = str(Path(sys.executable).parent)
+        self._spawn("nova-compute",
+                    [self._bin("python"), str(HERE / "nova_compute.py"),
+                     "--config-file", str(self.etc / "nova.conf")],
+                    ATRIUM_LAB_PATH=os.environ.get("ATRIUM_LAB_PATH", lab_path),
+                    ATRIUM_LAB_PYTHONPATH=str(HERE.parents[2]))
+
+    def _wait_compute_ready(self, timeout: float) -> None:
+        """Wait until the compute node is mapped to cell1 and has inventory in placement."""
+        def ready() -> bool:
+            for svc in self.services:
+                svc.check_alive()
+            mapped = procs.psql("SELECT count(*) FROM host_mappings",
+                                db=self.dbs["nova_api"])
+            inventory = procs.psql("SELECT count(*) FROM inventories",
+                                   db=self.dbs["placement"])
+            return mapped != "0" and inventory != "0"
+        procs.wait_for("nova-compute registration", ready, timeout, interval=0.5,
+                       on_timeout=lambda: procs.tail(self.logs / "nova-compute.log"))
+
+    def _bootstrap_resources(self) -> CloudSettings:
+        return bootstrap.project_resources(
+            auth_url=f"http://127.0.0.1:{self.ports['keystone']}/v3",
+            admin_password=PASSWORD, run_dir=self.run_dir)
+
+
+def reap_stale_sessions() -> None:
+    """Clean up after harness runs whose owner process died without stopping its cloud."""
+    if not RUN_BASE.is_dir():
+        return
+    for run_dir in RUN_BASE.iterdir():
+        meta_path = run_dir / "session.json"
+        try:
+            meta: dict[str, Any] = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if _alive(int(meta.get("owner_pid", 0))):
+            continue
+        procs.stop_groups([], procs.groups_tagged(run_dir), grace=3)
+        procs.drop_databases(meta.get("databases", []))
+        if meta.get("vhost"):
+            procs.delete_vhost(meta["vhost"])
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def main(argv: list[str] | None = None, wait: Callable[[], None] | None = None) -> None:
+    """Start a cloud, print its settings as JSON, stop it on Ctrl-C (manual debugging)."""
+    t0 = time.monotonic()
+    # `kill <pid>` stops the cloud cleanly too (SystemExit unwinds through the with)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    venv = install()
+    cloud = LocalCloud(venv)
+    with cloud as settings:
+        print(json.dumps({"settings": settings.__dict__, "timings": cloud.timings,
+                          "run_dir": str(cloud.run_dir),
+                          "total_s": round(time.monotonic() - t0, 1)}, indent=2), flush=True)
+        try:
+            (wait or (lambda: threading.Event().wait()))()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

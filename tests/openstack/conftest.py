@@ -1,0 +1,55 @@
+"""Fixtures for the OpenStack backend tests: a real cloud started once per test session.
+
+``openstack_cloud`` installs (cached) and starts Keystone, Glance, Placement, Neutron and
+Nova on loopback (tests/harness/openstack) and yields their :class:`CloudSettings`. When
+the cloud cannot be started the tests are skipped, except under ``CI=true`` where they
+fail: CI must never pass by not testing.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from spawners.openstack import OpenStackBackend
+from tests.harness.openstack.bootstrap import CloudSettings
+from tests.harness.openstack.cloud import LocalCloud, install
+
+
+@pytest.fixture(scope="session")
+def openstack_cloud(request: pytest.FixtureRequest) -> Iterator[CloudSettings]:
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    cloud: LocalCloud | None = None
+    try:
+        cloud = LocalCloud(install())
+        settings = cloud.start()
+    except Exception as err:
+        message = f"the OpenStack test cloud could not be started: {err}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    if reporter is not None:
+        reporter.write_line(f"\nopenstack harness up: {cloud.timings} ({cloud.run_dir})")
+    yield settings
+    cloud.stop()
+
+
+def make_backend(cloud: CloudSettings, deployment_id: str, **kwargs: object) -> OpenStackBackend:
+    """A backend on the harness network, with the harness' session security group."""
+    options: dict[str, object] = {
+        "auth": cloud.auth(), "region_name": cloud.region_name,
+        "networks": [cloud.network_name],
+        "security_groups": ["default", cloud.security_group], "retries": 2,
+        "backoff": 0.2, **kwargs}
+    return OpenStackBackend(deployment_id, **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def backend(openstack_cloud: CloudSettings) -> AsyncIterator[OpenStackBackend]:
+    """A backend of a deployment of its own, so tests never see each other's servers."""
+    b = make_backend(openstack_cloud, f"test-{secrets.token_hex(3)}")
+    yield b
+    await b.close()

@@ -1,0 +1,183 @@
+"""The OpenStack backend against real Keystone/Glance/Placement/Neutron/Nova (see conftest).
+
+Each test uses a backend of its own deployment id, so list_managed sees only its servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+
+import pytest
+import yaml
+
+from spawners.base import (
+    BackendState,
+    DataMount,
+    InstanceSpec,
+    Observation,
+    Owner,
+    ResourceState,
+)
+from spawners.openstack import OpenStackBackend, tag
+from tests.harness.openstack.bootstrap import CloudSettings
+from tests.openstack.conftest import make_backend
+
+pytestmark = [
+    pytest.mark.timeout(240),
+    # openstacksdk's own deprecation chatter, not ours
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:openstack"),
+    pytest.mark.filterwarnings("ignore:.*:openstack.warnings.OpenStackDeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:.*API_VERSION with 'latest':UserWarning"),
+]
+
+
+def make_spec(cloud: CloudSettings, uid: str, *, big: bool = False) -> InstanceSpec:
+    return InstanceSpec(
+        uid=uid, name=f"test {uid}", image_ref="atrium-tiny",
+        flavour_ref="atrium.too-big" if big else "atrium.small", protocols=("jupyter",),
+        owner=Owner("alice", uid=2001, gid=2001),
+        mounts=(DataMount("20261234", "/data/2026/20261234", "data/20261234"),),
+        secrets={"jupyter_token": f"tok-{uid}"})
+
+
+class Checkpoints:
+    """Records what the backend checkpoints, as the reconciler would store it."""
+
+    def __init__(self) -> None:
+        self.states: list[BackendState] = []
+
+    async def __call__(self, state: BackendState) -> None:
+        self.states.append(dict(state))
+
+
+async def wait_for(backend: OpenStackBackend, spec: InstanceSpec, state: BackendState,
+                   wanted: ResourceState, timeout: float = 60, *,
+                   ready: str | None = None) -> Observation:
+    """Observe until ``wanted`` (and protocol ``ready``, if given) or fail with the last view."""
+    deadline = time.monotonic() + timeout
+    seen = None
+    while time.monotonic() < deadline:
+        seen = await backend.observe(spec.uid, state, spec.secrets, spec.protocols)
+        if seen.state is wanted and (ready is None or ready in seen.ready):
+            return seen
+        if seen.state is ResourceState.FAILED and wanted is not ResourceState.FAILED:
+            break
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"wanted {wanted} (ready={ready}), last seen {seen}")
+
+
+def tagged_servers(cloud: CloudSettings, uid: str) -> list:
+    """What Nova itself holds for ``uid`` (admin view, all projects)."""
+    with cloud.connect(admin=True) as conn:
+        return list(conn.compute.servers(details=True, all_projects=True,
+                                         tags=tag("atrium/instance", uid)))
+
+
+async def test_lifecycle(openstack_cloud: CloudSettings, backend: OpenStackBackend) -> None:
+    spec = make_spec(openstack_cloud, "life-1")
+    checkpoints = Checkpoints()
+    state = await backend.create(spec, checkpoints)
+    assert state["server_id"] and checkpoints.states[0] == {"server_id": state["server_id"]}
+
+    # RUNNING with an endpoint on the server's fixed IP; the harness' compute driver runs
+    # the user-data's JupyterLab on that IP, so the probe with the token succeeds
+    seen = await wait_for(backend, spec, state, ResourceState.RUNNING, timeout=90,
+                          ready="jupyter")
+    address = seen.backend_state["address"]
+    assert address.startswith("127.42.0.")
+    assert seen.endpoints == {"jupyter": f"http://{address}:8888"}
+
+    # the user-data Nova stored is ours: the owner, the mount read-only, this token only
+    with openstack_cloud.connect(admin=True) as conn:
+        server = conn.compute.get_server(state["server_id"])
+        user_data = base64.b64decode(server.user_data).decode()
+        assert server.metadata["atrium:instance"] == "life-1"
+        assert set(server.tags) == {"atrium-instance=life-1", backend.deployment_tag}
+    doc = yaml.safe_load(user_data)
+    assert doc["atrium"]["owner"] == "alice"
+    assert doc["atrium"]["mounts"] == [
+        {"name": "20261234", "target": "/home/alice/data/20261234", "read_only": True}]
+    assert "tok-life-1" in user_data
+
+    state = await backend.stop(spec.uid, state)
+    seen = await wait_for(backend, spec, state, ResourceState.STOPPED)
+    assert seen.ready == frozenset()  # the driver killed JupyterLab with the "VM"
+
+    state = await backend.start(spec, state, checkpoints)
+    await wait_for(backend, spec, state, ResourceState.RUNNING)
+
+    await backend.delete(spec.uid, state)
+    seen = await backend.observe(spec.uid, state, spec.secrets, spec.protocols)
+    assert seen.state is ResourceState.GONE
+    assert tagged_servers(openstack_cloud, spec.uid) == []
+    await backend.delete(spec.uid, state)  # deleting what is gone succeeds
+
+
+async def test_no_valid_host_fails_with_reason_and_leaks_nothing(
+        openstack_cloud: CloudSettings, backend: OpenStackBackend) -> None:
+    spec = make_spec(openstack_cloud, "big-1", big=True)
+    state = await backend.create(spec, Checkpoints())
+    seen = await wait_for(backend, spec, state, ResourceState.FAILED)
+    assert "No valid host" in seen.reason
+    assert seen.ready == frozenset()
+
+    await backend.delete(spec.uid, state)
+    assert tagged_servers(openstack_cloud, spec.uid) == []
+    assert await backend.list_managed() == {}
+    with openstack_cloud.connect(admin=True) as conn:
+        assert list(conn.network.ports(device_id=state["server_id"])) == []
+
+
+async def test_list_managed_finds_orphans_and_ignores_untagged(
+        openstack_cloud: CloudSettings, backend: OpenStackBackend,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    with openstack_cloud.connect() as conn:
+        common = {"image_id": openstack_cloud.image_id,
+                  "flavor_id": openstack_cloud.flavour_id, "networks": "none"}
+        # what a crashed Atrium leaves behind: tagged, but no live instance knows it
+        orphan = conn.compute.create_server(
+            name="orphan", tags=["atrium-instance=orphan-1", backend.deployment_tag],
+            **common)
+        foreign = conn.compute.create_server(name="not-atrium", **common)
+        other_deployment = conn.compute.create_server(
+            name="other", tags=["atrium-instance=orphan-2", "atrium-deployment=elsewhere"],
+            **common)
+    try:
+        # through a clouds.yaml entry this time: the other way to configure the backend
+        monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", openstack_cloud.clouds_yaml)
+        by_name = OpenStackBackend(backend.deployment_id, cloud=openstack_cloud.cloud_name)
+        try:
+            managed = await by_name.list_managed()
+        finally:
+            await by_name.close()
+        assert set(managed) == {"orphan-1"}
+        assert managed["orphan-1"].backend_state["server_id"] == orphan.id
+
+        await backend.delete("orphan-1", {})  # what reconcile does with an orphan
+        assert await backend.list_managed() == {}
+    finally:
+        with openstack_cloud.connect() as conn:
+            for server in (orphan, foreign, other_deployment):
+                conn.compute.delete_server(server.id, ignore_missing=True)
+
+
+async def test_create_is_idempotent(openstack_cloud: CloudSettings,
+                                    backend: OpenStackBackend) -> None:
+    spec = make_spec(openstack_cloud, "idem-1")
+    first = await backend.create(spec, Checkpoints())
+    # a second create right away (the server may still be building), as after a crash
+    again = await backend.create(spec, Checkpoints())
+    assert again["server_id"] == first["server_id"]
+    # and once more through another backend object (another Atrium process)
+    other = make_backend(openstack_cloud, backend.deployment_id)
+    try:
+        assert (await other.create(spec, Checkpoints()))["server_id"] == first["server_id"]
+    finally:
+        await other.close()
+    assert [s.id for s in tagged_servers(openstack_cloud, spec.uid)] == [first["server_id"]]
+    managed = await backend.list_managed()
+    assert set(managed) == {"idem-1"}
+    await backend.delete(spec.uid, first)
+    assert tagged_servers(openstack_cloud, spec.uid) == []

@@ -1,0 +1,129 @@
+"""Remote desktops through Atrium's WebSocket <-> VNC bridge, with a real Xvnc."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.websocket import websocket_connect
+
+from tests.conftest import AtriumServer
+from tests.rfb_client import RfbClient
+from tests.sessions import add_member, launch_plan, processes_of, wait_for
+
+RIGHT_BUTTON = 4
+ESCAPE = 0xFF1B
+
+
+@pytest.fixture(scope="module")
+def desktop(server: AtriumServer) -> Iterator[str]:
+    """An openbox desktop of alice's, with bob as a watch-only (GUEST) member."""
+    alice = server.client("alice")
+    uid = launch_plan(alice, "desk", "Light desktop", ["20261001"])
+    assert wait_for(alice, uid, {"ACTIVE"})["ready_protocols"] == ["desktop"]
+    add_member(server.env["ATRIUM_DATABASE_URL"], uid, "bob", "GUEST")
+    yield uid
+    alice.delete(f"/api/v1/instances/{uid}")
+    wait_for(alice, uid, {"DELETED"})
+    assert processes_of(server.deployment, uid) == []
+
+
+def bridge_url(server: AtriumServer, uid: str) -> str:
+    return server.url.replace("http", "ws") + f"/instances/{uid}/desktop/websockify"
+
+
+async def changes_after(client: RfbClient, wait: float) -> int:
+    """Pixels changed in the next ``wait`` seconds (incremental updates)."""
+    changed, deadline = 0, time.monotonic() + wait
+    while time.monotonic() < deadline:
+        client.request(incremental=True)
+        try:
+            changed += await client.update(timeout=max(0.1, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            break
+    return changed
+
+
+async def test_owner_input_reaches_the_desktop(server: AtriumServer, desktop: str) -> None:
+    owner = await RfbClient.connect(bridge_url(server, desktop), server.token("alice"))
+    assert (owner.width, owner.height) == (1280, 800)
+    owner.request(incremental=False)
+    await owner.update()
+    owner.pointer(300, 300, RIGHT_BUTTON)  # openbox opens its root menu
+    owner.pointer(300, 300, 0)
+    assert await changes_after(owner, 5) > 1000
+    owner.key(ESCAPE, True)
+    owner.key(ESCAPE, False)
+    await changes_after(owner, 1)
+    owner.close()
+
+
+async def test_guest_watches_but_input_is_dropped(server: AtriumServer, desktop: str) -> None:
+    guest = await RfbClient.connect(bridge_url(server, desktop), server.token("bob"))
+    guest.request(incremental=False)
+    await guest.update()
+    guest.pointer(300, 300, RIGHT_BUTTON)
+    guest.pointer(300, 300, 0)
+    guest.key(ord("x"), True)
+    guest.key(ord("x"), False)
+    assert await changes_after(guest, 2) == 0, "a guest's input reached the VNC server"
+    # The guest still sees what the owner does.
+    owner = await RfbClient.connect(bridge_url(server, desktop), server.token("alice"))
+    owner.pointer(400, 400, RIGHT_BUTTON)
+    owner.pointer(400, 400, 0)
+    assert await changes_after(guest, 5) > 1000
+    owner.key(ESCAPE, True)
+    owner.key(ESCAPE, False)
+    owner.close()
+    guest.close()
+
+
+@pytest.mark.parametrize("who, status", [("carol", 404), (None, 401)])
+async def test_outsiders_get_no_vnc_byte(server: AtriumServer, desktop: str, who: str | None,
+                                         status: int) -> None:
+    headers = {"Authorization": f"Bearer {server.token(who)}"} if who else {}
+    with pytest.raises(HTTPClientError) as err:
+        await websocket_connect(HTTPRequest(bridge_url(server, desktop), headers=headers))
+    assert err.value.code == status
+    page = httpx.get(f"{server.url}/instances/{desktop}/desktop", headers=headers,
+                     follow_redirects=False)
+    assert page.status_code == (404 if who else 302)
+
+
+def test_vnc_password_never_reaches_members(server: AtriumServer, desktop: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    url = server.env["ATRIUM_DATABASE_URL"].replace("postgresql://", "postgresql+psycopg://")
+    with create_engine(url).connect() as conn:
+        password = conn.execute(text(
+            "SELECT s.vnc_password FROM instance_secrets s JOIN instances i "
+            "ON i.id = s.instance_id WHERE i.uid = :uid"), {"uid": desktop}).scalar_one()
+    for who in ("alice", "bob"):
+        client = server.client(who)
+        for path in (f"/api/v1/instances/{desktop}", f"/instances/{desktop}/desktop",
+                     f"/instances/{desktop}"):
+            r = client.get(path)
+            assert r.status_code == 200 and password not in r.text
+
+
+def test_keyboard_layout_is_switched_by_full_members_only(server: AtriumServer,
+                                                          desktop: str) -> None:
+    import json
+    import subprocess
+
+    display = json.loads((server.state_dir / "sessions" / desktop / "process.json")
+                         .read_text())["display"]
+    alice, bob = server.client("alice"), server.client("bob")
+    r = alice.post(f"/api/v1/instances/{desktop}/keyboard", json={"layout": "de"})
+    assert r.status_code == 200, r.text
+    query = subprocess.run(["setxkbmap", "-display", f":{display}", "-query"],
+                           capture_output=True, text=True, check=True).stdout
+    assert "layout:     de" in query
+    assert bob.post(f"/api/v1/instances/{desktop}/keyboard",
+                    json={"layout": "fr"}).status_code == 403
+    r = alice.post(f"/api/v1/instances/{desktop}/keyboard", json={"layout": "klingon"})
+    assert r.status_code == 400 and "unknown keyboard layout" in r.json()["error"]["message"]

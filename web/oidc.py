@@ -1,0 +1,191 @@
+"""Log in with OpenID Connect: the handlers, and the check that the provider session lives.
+
+The flow (authorization code with PKCE):
+
+1. ``GET /login/oidc?next=/path`` records a pending login (state, nonce, PKCE verifier) in
+   the database, binds its state to this browser with a short-lived signed cookie, and
+   sends the browser to the provider.
+2. ``GET /login/oidc/callback?code&state`` checks the state against the cookie, consumes
+   the pending login (a replayed answer finds nothing), exchanges the code, validates the
+   ID token (web/oidc_core.py), reads userinfo, creates or updates the user and starts a
+   login session. Every refusal is shown on the login page with what was wrong.
+3. ``POST /logout`` (web/pages.py) ends the Atrium session and, for these logins, the
+   provider's (end_session_endpoint), which sends the browser back to ``/logout/done``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from sqlalchemy import select
+
+from orchestrator import logins
+from orchestrator.logins import IdentityConflict
+from orchestrator.models import LoginSession, UserIdentity
+from web.auth import ProviderCheck
+from web.base import BaseHandler
+from web.oidc_client import OidcClient, ProviderUnreachable, SessionEnded
+from web.oidc_core import LoginRefused, authorization_url
+from web.pages import render_login, safe_next
+from web.portal import Portal
+
+log = logging.getLogger("atrium.oidc")
+STATE_COOKIE = "atrium_oidc_state"
+STATE_PATH = "/login/oidc"
+
+
+class OidcHandler(BaseHandler):
+    @property
+    def oidc(self) -> OidcClient:
+        client = self.portal.oidc
+        if client is None:
+            raise LoginRefused("OpenID Connect login is not configured (ATRIUM_OIDC_ISSUER)",
+                               404)
+        return client
+
+    async def refuse(self, err: LoginRefused) -> None:
+        log.warning("login refused (%s): %s", self.request.remote_ip, err.message)
+        self.set_status(err.status)
+        await render_login(self, error=f"Login refused: {err.message}.")
+
+
+class OidcStartHandler(OidcHandler):
+    async def get(self) -> None:
+        try:
+            meta = await self.oidc.metadata()
+        except LoginRefused as err:
+            await self.refuse(err)
+            return
+        async with self.portal.db.session() as s:
+            pending = await logins.create_pending(s, safe_next(self.get_argument("next", "/")))
+            await s.commit()
+        self.set_signed_cookie(STATE_COOKIE, pending.state, path=STATE_PATH, httponly=True,
+                               samesite="Lax", expires_days=logins.PENDING_TTL.seconds / 86400,
+                               secure=self.portal.settings.secure_cookies)
+        self.redirect(authorization_url(
+            meta.authorization_endpoint, client_id=self.oidc.client_id,
+            redirect_uri=self.oidc.redirect_uri, scopes=self.oidc.scopes,
+            state=pending.state, nonce=pending.nonce, code_verifier=pending.code_verifier))
+
+
+class OidcCallbackHandler(OidcHandler):
+    async def get(self) -> None:
+        try:
+            await self._login()
+        except LoginRefused as err:
+            await self.refuse(err)
+
+    async def _login(self) -> None:
+        client = self.oidc
+        bound = self.get_signed_cookie(STATE_COOKIE, max_age_days=1)
+        self.clear_cookie(STATE_COOKIE, path=STATE_PATH)
+        state = self.get_argument("state", "")
+        error = self.get_argument("error", "")
+        if error:
+            # Still consume the pending login: its state must not be usable again.
+            if state:
+                async with self.portal.db.session() as s:
+                    await logins.consume_pending(s, state)
+            raise LoginRefused("the identity provider did not log you in: "
+                               f"{self.get_argument('error_description', '') or error}", 400)
+        if not state:
+            raise LoginRefused("the provider's answer carries no state", 400)
+        if bound is None or bound.decode("ascii", "replace") != state:
+            raise LoginRefused("this login was not started in this browser, or took too long "
+                               "(its cookie is gone): start again", 400)
+        async with self.portal.db.session() as s:
+            pending = await logins.consume_pending(s, state)
+        if pending is None:
+            raise LoginRefused("this login answer was already used or is too old (a replayed "
+                               "state): start again", 400)
+        meta = await client.metadata()
+        iss = self.get_argument("iss", "")
+        if iss and iss != meta.issuer:  # RFC 9207: the answer names who issued it
+            raise LoginRefused(f"the answer comes from another issuer ({iss!r})")
+        code = self.get_argument("code", "")
+        if not code:
+            raise LoginRefused("the provider's answer carries no authorization code", 400)
+        tokens = await client.exchange_code(code, pending.code_verifier)
+        access_token = tokens.get("access_token") if isinstance(
+            tokens.get("access_token"), str) else None
+        claims = await client.validate(tokens["id_token"], nonce=pending.nonce,
+                                       access_token=access_token)
+        userinfo = await client.userinfo(access_token or "", claims["sub"])
+        # The ID token's claims are authoritative for who logged in; userinfo (fresher,
+        # and where providers put profile claims) fills in the rest.
+        identity = client.mapping.identity({**userinfo, **{
+            k: v for k, v in claims.items() if k not in userinfo or k == "sub"}})
+        try:
+            async with self.portal.db.session() as s:
+                user = await logins.upsert_user(
+                    s, issuer=meta.issuer, subject=identity.subject, username=identity.username,
+                    email=identity.email, name=identity.name, groups=identity.groups,
+                    roles=identity.roles, managed_roles=client.mapping.managed_roles)
+                await s.commit()
+                user_id = user.id
+        except IdentityConflict as err:
+            raise LoginRefused(f"{err}; ask an administrator") from None
+        await self.portal.auth.start_session(
+            self, user_id, "oidc", provider_sid=str(claims.get("sid") or ""),
+            id_token=tokens["id_token"],
+            refresh_token=str(tokens.get("refresh_token") or ""))
+        log.info("login: %s (%s) roles=%s", identity.username, identity.subject,
+                 ",".join(sorted(r.value for r in identity.roles)) or "-")
+        self.redirect(pending.next_url)
+
+
+class LoggedOutHandler(BaseHandler):
+    """Where the provider sends the browser after ending its session."""
+
+    async def get(self) -> None:
+        await render_login(self, notice="You are logged out of Atrium and of your identity "
+                                        "provider.")
+
+
+def provider_check(portal: Portal, client: OidcClient) -> ProviderCheck:
+    """The Authenticator's hook: does the provider session behind a login still live?
+
+    Uses the refresh token (providers such as Keycloak tie it to their session). Returns
+    False (after revoking the login) when the provider refuses it; True when it accepts,
+    when another request or replica checked moments ago, or when the provider cannot be
+    reached (a provider outage must not log everyone out; the lifetime still applies).
+    """
+    interval = dt.timedelta(seconds=max(portal.settings.oidc_recheck_interval - 1, 0))
+
+    async def check(digest: str) -> bool:
+        async with portal.db.session() as s:
+            row = await logins.claim_provider_check(s, digest, interval)
+            await s.commit()
+            if row is None:
+                portal.auth.sessions.invalidate(digest)  # see what the other checker saw
+                return True
+            refresh_token, user_id = row.refresh_token, row.user_id
+        subject = await _subject(portal, user_id, client.issuer)
+        try:
+            tokens = await client.refresh(refresh_token, subject)
+        except SessionEnded as err:
+            log.info("provider session ended for user %s: %s", user_id, err)
+            async with portal.db.session() as s:
+                await logins.revoke(s, digest)
+                await s.commit()
+            return False
+        except (ProviderUnreachable, LoginRefused) as err:
+            log.warning("cannot check the provider session of user %s: %s", user_id,
+                        err.message)
+            return True
+        async with portal.db.session() as s:
+            row = await s.get(LoginSession, digest)
+            if row is not None:
+                row.refresh_token = str(tokens.get("refresh_token") or row.refresh_token)
+                row.id_token = str(tokens.get("id_token") or row.id_token)
+                await s.commit()
+        return True
+
+    return check
+
+
+async def _subject(portal: Portal, user_id: int, issuer: str) -> str:
+    async with portal.db.session() as s:
+        return str(await s.scalar(select(UserIdentity.subject).where(
+            UserIdentity.user_id == user_id, UserIdentity.issuer == issuer)) or "")
