@@ -21,8 +21,8 @@ from orchestrator.models import (
     UserGroup,
     UserRole,
 )
-from quotas.policies import Limits, all_policies, groups_of, resolve
-from quotas.usage import Usage, usage_by_owner
+from quotas.policies import Limits, all_policies, groups_of, limits_for, resolve
+from quotas.usage import Usage, usage_by_owner, usage_of
 
 GROUP_MAX = 128
 
@@ -74,6 +74,14 @@ class UserOverview:
     groups: list[str]
     limits: Limits
     usage: Usage
+
+
+async def user_overview(session: AsyncSession, user: User, default_instances: int
+                        ) -> UserOverview:
+    """One user's groups, limits and current use."""
+    return UserOverview(user, await groups_of(session, user.id),
+                        await limits_for(session, user, default_instances),
+                        await usage_of(session, user.id))
 
 
 async def users_overview(session: AsyncSession, default_instances: int, query: str = ""

@@ -48,7 +48,7 @@ class CatalogError(RequestError):
 # --- YAML with line numbers -------------------------------------------------------------
 
 class LineDict(dict[str, Any]):
-    """A mapping from YAML that knows its line and the line of each key's value."""
+    """A mapping from YAML that knows its line and the line of each key."""
 
     line: int | None = None
     key_lines: dict[str, int]
@@ -77,7 +77,7 @@ def _mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
             raise yaml.constructor.ConstructorError(
                 None, None, f"the key {key!r} appears twice", key_node.start_mark)
         out[key] = loader.construct_object(value_node, deep=True)
-        out.key_lines[key] = value_node.start_mark.line + 1
+        out.key_lines[key] = key_node.start_mark.line + 1
     return out
 
 

@@ -101,8 +101,16 @@ class Database:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
 
-        async with self.engine.begin() as conn:
+        async with self.engine.connect() as conn:
+            if self.is_sqlite:
+                # Batch migrations rebuild SQLite tables (copy, drop, rename): with foreign
+                # keys enforced, dropping a parent would cascade-delete its children's rows.
+                # The pragma only takes effect outside a transaction.
+                await conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
             await conn.run_sync(run)
+            await conn.commit()
+            if self.is_sqlite:
+                await conn.exec_driver_sql("PRAGMA foreign_keys=ON")
 
     async def revisions(self) -> tuple[str, str]:
         """(revisions of the database, head revisions of the code), comma-separated.

@@ -41,6 +41,7 @@ from orchestrator.models import (
     utcnow,
 )
 from orchestrator.settings import Settings
+from sharing.models import InstrumentScientist
 
 log = logging.getLogger("atrium.sync")
 
@@ -67,6 +68,7 @@ class UserRecord:
     email: str = ""
     name: str = ""
     roles: tuple[str, ...] | None = None  # None: leave roles as they are
+    scientist_of: tuple[str, ...] | None = None  # instruments; None: leave as they are
 
 
 @dataclass
@@ -118,9 +120,12 @@ def parse_yaml(text: str, source: str, data_root: Path | None
         bad = [r for r in roles or [] if r not in Role.__members__]
         if bad:
             raise RequestError(f"{source}: users[{n}]: unknown role(s) {', '.join(bad)}")
+        scientist_of = u.get("scientist_of")
         users.append(UserRecord(str(u["username"]), str(u.get("email", "")),
                                 str(u.get("name", "")),
-                                tuple(roles) if roles is not None else None))
+                                tuple(roles) if roles is not None else None,
+                                tuple(map(str, scientist_of)) if scientist_of is not None
+                                else None))
     records = []
     for n, e in enumerate(doc.get("experiments") or [], 1):
         where = f"{source}: experiments[{n}]"
@@ -204,11 +209,21 @@ async def apply(session: AsyncSession, records: list[ExperimentRecord],
         if rec.roles is not None:
             user.roles = [UserRole(role=Role(r)) for r in dict.fromkeys(rec.roles)]
     instruments = {i.name: i for i in (await session.scalars(select(Instrument))).all()}
-    for r in records:
-        if r.instrument and r.instrument not in instruments:
-            instruments[r.instrument] = Instrument(name=r.instrument)
-            session.add(instruments[r.instrument])
+    named = [r.instrument for r in records if r.instrument] + [
+        i for u in wanted_users.values() for i in u.scientist_of or ()]
+    for name in named:
+        if name not in instruments:
+            instruments[name] = Instrument(name=name)
+            session.add(instruments[name])
     await session.flush()
+    for rec in wanted_users.values():
+        if rec.scientist_of is not None:
+            user = existing_users[rec.username]
+            await session.execute(delete(InstrumentScientist).where(
+                InstrumentScientist.user_id == user.id))
+            for name in dict.fromkeys(rec.scientist_of):
+                session.add(InstrumentScientist(user_id=user.id,
+                                                instrument_id=instruments[name].id))
     proposals = [r.proposal for r in records]
     experiments = {e.proposal: e for e in (await session.scalars(
         select(Experiment).where(Experiment.proposal.in_(proposals)))).all()} if proposals else {}

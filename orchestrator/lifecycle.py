@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from orchestrator.errors import RequestError
+from orchestrator.lifetime_policy import LifetimePolicy
 from orchestrator.models import (
     Experiment,
     ExperimentMember,
@@ -33,15 +34,11 @@ from orchestrator.models import (
 )
 from quotas.admission import admit_launch
 from quotas.flavours import launch_refusal, may_offer
-from sharing.access import access_of
-from sharing.policy import Action, Principal, authorize
+from sharing.access import access_of, principal_for
+from sharing.policy import Action, authorize
 
 NAME_MAX = 100
 _NAME_RE = re.compile(r"^[\w][\w .,:()+@-]*$")
-
-
-def principal_of(user: User) -> Principal:
-    return Principal(user.id, user.username, frozenset(user.role_names))
 
 
 def new_uid() -> str:
@@ -92,8 +89,12 @@ async def plans_for(session: AsyncSession, user: User,
 
 async def launch(session: AsyncSession, user: User, *, name: object, plan_id: object,
                  experiment_ids: object, backends: Sequence[str], quota: int,
-                 now: Callable[[], dt.datetime] = utcnow) -> Instance:
+                 now: Callable[[], dt.datetime] = utcnow,
+                 lifetime: LifetimePolicy | None = None) -> Instance:
     """Validate and record a launch (status BUILDING, target RUNNING); commit is the caller's.
+
+    The termination date follows ``lifetime`` (default: the built-in rules): the owner's
+    role's lifetime, capped by the flavour's and by the quota policies' maximum.
 
     Refuses plans whose flavour is reserved for other roles or instruments (403) and launches
     beyond the user's quota (409; ``quota`` is the default number of instances). Admission
@@ -125,8 +126,8 @@ async def launch(session: AsyncSession, user: User, *, name: object, plan_id: ob
     instance = Instance(uid=new_uid(), name=name, owner=user, plan=plan, backend=plan.backend,
                         target=Target.RUNNING, status=InstanceStatus.BUILDING,
                         progress="Waiting for the orchestrator", experiments=chosen)
-    if limits.lifetime_hours is not None:
-        instance.termination_date = now() + dt.timedelta(hours=limits.lifetime_hours)
+    instance.termination_date = (lifetime or LifetimePolicy()).termination_at_launch(
+        now(), user.role_names, plan.flavour.name, limits.lifetime_hours)
     instance.members.append(InstanceMember(user=user, role=MemberRole.OWNER))
     instance.secret = InstanceSecret(jupyter_token=secrets.token_urlsafe(32),
                                      vnc_password=secrets.token_urlsafe(6)[:8])
@@ -152,7 +153,7 @@ async def request_action(session: AsyncSession, user: User, instance: Instance,
     if action not in ACTIONS:
         raise RequestError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}", 404)
     needed, target = ACTIONS[action]
-    decision = authorize(principal_of(user), access_of(instance), needed)
+    decision = authorize(await principal_for(session, user), access_of(instance), needed)
     if not decision:
         raise RequestError(decision.reason, decision.status)
     if instance.target is Target.DELETED:

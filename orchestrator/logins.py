@@ -54,9 +54,15 @@ async def create_session(session: AsyncSession, user_id: int, method: str,
                          lifetime: dt.timedelta, *, provider_sid: str = "",
                          id_token: str = "", refresh_token: str = "",
                          user_agent: str = "") -> str:
-    """Record a new login and return its id in clear (it goes into the cookie only)."""
+    """Record a new login and return its id in clear (it goes into the cookie only).
+
+    Logins that ended more than a day ago are purged on the way (the table stays small).
+    """
     session_id = secrets.token_urlsafe(32)
     now = utcnow()
+    await session.execute(delete(LoginSession).where(or_(
+        LoginSession.expires_at < now - dt.timedelta(days=1),
+        LoginSession.revoked_at < now - dt.timedelta(days=1))))
     session.add(LoginSession(
         id_hash=hash_session_id(session_id), user_id=user_id, method=method, created_at=now,
         last_seen_at=now, expires_at=now + lifetime, provider_sid=provider_sid[:255],
@@ -89,6 +95,20 @@ async def revoke_by_provider_sid(session: AsyncSession, sid: str) -> list[str]:
     """End every login of one provider session; returns their digests."""
     rows = (await session.scalars(select(LoginSession).where(
         LoginSession.provider_sid == sid, LoginSession.revoked_at.is_(None)))).all()
+    for row in rows:
+        row.revoked_at = utcnow()
+    return [r.id_hash for r in rows]
+
+
+async def revoke_by_subject(session: AsyncSession, issuer: str, subject: str) -> list[str]:
+    """End every OpenID Connect login of the user the provider knows as ``subject``."""
+    user_id = await session.scalar(select(UserIdentity.user_id).where(
+        UserIdentity.issuer == issuer, UserIdentity.subject == subject))
+    if user_id is None:
+        return []
+    rows = (await session.scalars(select(LoginSession).where(
+        LoginSession.user_id == user_id, LoginSession.method == "oidc",
+        LoginSession.revoked_at.is_(None)))).all()
     for row in rows:
         row.revoked_at = utcnow()
     return [r.id_hash for r in rows]

@@ -210,6 +210,7 @@ class Instance(Base):
     __table_args__ = (
         Index("ix_instances_status", "status"),
         Index("ix_instances_owner_status", "owner_id", "status"),
+        Index("ix_instances_termination_date", "termination_date"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -224,6 +225,8 @@ class Instance(Base):
     status_reason: Mapped[str] = mapped_column(Text, default="")
     progress: Mapped[str] = mapped_column(String(255), default="")
     reboot_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Members may connect while the owner is away (else only while the owner is connected).
+    unrestricted_member_access: Mapped[bool] = mapped_column(Boolean, default=False)
     backend_state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     endpoints: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     ready_protocols: Mapped[list[str]] = mapped_column(JSON, default=list)
@@ -412,3 +415,107 @@ class UserIdentity(Base):
     groups: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     last_login_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+# --- lifetime: notifications, extension requests, the scheduler's lease and job runs ---
+
+
+class NotificationStatus(enum.StrEnum):
+    PENDING = "PENDING"  # to be sent
+    SENDING = "SENDING"  # claimed by one process (retried if it stays so: a crash)
+    SENT = "SENT"
+    FAILED = "FAILED"  # gave up after several attempts
+    SKIPPED = "SKIPPED"  # no mail server configured or no address: shown in-app only
+
+
+class Notification(Base):
+    """An email to one person, rendered when recorded and sent by whichever process claims
+    it. ``key`` makes a notification happen once: e.g. the warning for one deadline of one
+    instance. Warnings keep their ``deadline``; ``cancelled_at`` is set when that deadline
+    no longer holds (the owner reconnected, the lifetime was extended)."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_status", "status"),
+                      Index("ix_notifications_instance", "instance_id", "kind"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), unique=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    instance_id: Mapped[int | None] = mapped_column(
+        ForeignKey("instances.id", ondelete="SET NULL"))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    recipient: Mapped[str] = mapped_column(String(255), default="")
+    subject: Mapped[str] = mapped_column(String(500), default="")
+    body: Mapped[str] = mapped_column(Text, default="")
+    deadline: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    status: Mapped[NotificationStatus] = mapped_column(_enum(NotificationStatus),
+                                                       default=NotificationStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    claimed_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    cancelled_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+class ExtensionStatus(enum.StrEnum):
+    PENDING = "PENDING"
+    ACCEPTED = "ACCEPTED"
+    REFUSED = "REFUSED"
+    CANCELLED = "CANCELLED"  # the instance was deleted before a decision
+
+
+class ExtensionRequest(Base):
+    """An owner asking for more time (``days`` past the termination date), with a reason."""
+
+    __tablename__ = "extension_requests"
+    __table_args__ = (Index("ix_extension_requests_status", "status"),
+                      Index("ix_extension_requests_instance", "instance_id"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
+    requester_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"))
+    days: Mapped[float] = mapped_column(Float)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[ExtensionStatus] = mapped_column(_enum(ExtensionStatus),
+                                                    default=ExtensionStatus.PENDING)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    decided_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    decided_by_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"))
+    auto: Mapped[bool] = mapped_column(Boolean, default=False)
+    comment: Mapped[str] = mapped_column(Text, default="")
+    granted_days: Mapped[float | None] = mapped_column(Float)
+    old_termination: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    new_termination: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+    instance: Mapped[Instance] = relationship(lazy="joined")
+    requester: Mapped[User | None] = relationship(foreign_keys=[requester_id], lazy="joined")
+    decided_by: Mapped[User | None] = relationship(foreign_keys=[decided_by_id],
+                                                   lazy="joined")
+
+
+class SchedulerLease(Base):
+    """Leader election: the holder runs the scheduled jobs until ``expires_at``, renewing
+    it well before; another process takes the lease only once it has expired."""
+
+    __tablename__ = "scheduler_leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255), default="")
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    acquired_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+class JobRun(Base):
+    """Per scheduled job: how often it ran, when and where last (admins, tests)."""
+
+    __tablename__ = "job_runs"
+
+    job: Mapped[str] = mapped_column(String(64), primary_key=True)
+    runs: Mapped[int] = mapped_column(Integer, default=0)
+    last_holder: Mapped[str] = mapped_column(String(255), default="")
+    last_started_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    last_finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    last_error: Mapped[str] = mapped_column(Text, default="")

@@ -20,13 +20,14 @@ start-up and raises :class:`SettingsError` naming the variable and what was expe
 | ATRIUM_EXPERIMENTS_SQL_URL | (none) | a user-office database to sync from |
 | ATRIUM_EXPERIMENTS_SQL_QUERY | experiments_sync.py | the query: one row per experiment member |
 | ATRIUM_EXPERIMENTS_SYNC_INTERVAL | 0 | seconds between periodic syncs (0: never) |
-| ATRIUM_DEFAULT_QUOTA | 2 | instances a user may own at once |
+| ATRIUM_DEFAULT_QUOTA | 2 | instances a user may own at once when no quota policy sets it |
 | ATRIUM_LOCAL_PYTHON | this interpreter | the Python that runs local JupyterLab sessions |
 | ATRIUM_SDK_THREADS | 8 | threads for blocking SDK calls |
 | ATRIUM_K8S_NAMESPACE | atrium | namespace of session pods (kubernetes backend) |
 | ATRIUM_K8S_KUBECONFIG | in-cluster/default | kubeconfig file of the cluster |
 | ATRIUM_K8S_CONTEXT | current | kubeconfig context |
 | ATRIUM_K8S_USE_SERVICE | false | reach sessions through a Service per instance |
+| ATRIUM_K8S_POD_CONFIG | (none) | YAML shaping session pods (spawners/k8s_config.py) |
 | ATRIUM_SESSION_LIFETIME | 604800 | seconds a login lasts at most (then log in again) |
 | ATRIUM_SESSION_IDLE_TIMEOUT | 86400 | seconds without a request after which a login ends |
 | ATRIUM_OIDC_ISSUER | (none: OIDC off) | the OpenID Connect provider's issuer URL (1) |
@@ -40,14 +41,41 @@ start-up and raises :class:`SettingsError` naming the variable and what was expe
 | ATRIUM_OIDC_ROLE_GROUPS | (none) | groups granting roles: `ROLE=group,group;ROLE=group` (2) |
 | ATRIUM_OIDC_RECHECK_INTERVAL | 300 | seconds between checks that the provider session lives (3) |
 | ATRIUM_OIDC_LABEL | Log in with your facility account | the login button's text |
+| ATRIUM_LIFETIME_DAYS | 14; staff roles 60 (4) | days an instance lives (4) |
+| ATRIUM_FLAVOUR_LIFETIME_DAYS | (none) | per-flavour cap on the lifetime: `flavour=days;...` (4) |
+| ATRIUM_INACTIVITY_DAYS | 4; staff roles 8 (4) | days unused after which it is deleted (4) |
+| ATRIUM_LIFETIME_WARNING_HOURS | 48 | warning (email, banner) this long before the lifetime ends |
+| ATRIUM_INACTIVITY_WARNING_HOURS | 24 | warning this long before an inactivity deletion |
+| ATRIUM_EXTENSION_AUTO_ACCEPT_DAYS | (none) | requests granted without an admin (5) |
+| ATRIUM_EXTENSION_MAX_DAYS | 90 | the longest extension one request may ask for |
+| ATRIUM_LIFETIME_INTERVAL | 300 | seconds between expiry and warning sweeps |
+| ATRIUM_ACTIVITY_FLUSH_INTERVAL | 60 | seconds between writes of recorded activity (one UPDATE) |
+| ATRIUM_LEADER_LEASE | 15 | seconds a scheduler leader holds its lease without renewing it (6) |
+| ATRIUM_SMTP_HOST | (none: emails not sent) | the mail server for notifications |
+| ATRIUM_SMTP_PORT | 25 | its port |
+| ATRIUM_SMTP_FROM | atrium@localhost | the sender of notifications |
+| ATRIUM_SMTP_STARTTLS | false | upgrade the connection with STARTTLS |
+| ATRIUM_SMTP_USERNAME / _PASSWORD | (none) | mail server login (or SMTP_PASSWORD_FILE) |
 
 (1) https, or http on loopback only; discovery at ISSUER/.well-known/openid-configuration.
-Register ``PUBLIC_URL/login/oidc/callback`` as the client's redirect URI and
-``PUBLIC_URL/logout/done`` as its post-logout redirect URI.
+Register ``PUBLIC_URL/login/oidc/callback`` as the client's redirect URI,
+``PUBLIC_URL/logout/done`` as its post-logout redirect URI and (optional, for logouts done
+elsewhere to end Atrium logins at once) ``PUBLIC_URL/login/oidc/backchannel-logout`` as its
+back-channel logout URI, session required.
 (2) Roles: ADMIN, STAFF, SUPPORT, INSTRUMENT_SCIENTIST, GUEST. The roles named here follow
 the provider's groups at every login; the others are left as admins set them.
 (3) A refresh-token grant: the provider refuses it once its session has ended (logout
 elsewhere, expiry), and the Atrium login ends with it. 0: never check.
+(4) Days (fractions allowed) per role: a bare number for everyone, `ROLE=days` for holders
+of ROLE; a user holding several listed roles gets the longest. Staff roles: STAFF, ADMIN,
+SUPPORT, INSTRUMENT_SCIENTIST (the default lifetime is
+`14;STAFF=60;ADMIN=60;SUPPORT=60;INSTRUMENT_SCIENTIST=60`). The lifetime is set at
+launch and is also capped by the flavour's entry and by the quota policies' maximum
+lifetime. Inactivity 0: never deleted for inactivity.
+(5) `ROLE=days;...`: a request from an owner holding ROLE for at most that many days is
+accepted at once (a bare number: for everyone).
+(6) With several Atrium processes on one database, the lease holder runs the scheduled
+jobs (expiry, warnings, reconcile sweep); another takes over when it stops renewing.
 """
 
 from __future__ import annotations
@@ -58,6 +86,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
+
+# The default lifetime rules (4): staff roles get longer.
+_STAFF_ROLES = ("STAFF", "ADMIN", "SUPPORT", "INSTRUMENT_SCIENTIST")
+LIFETIME_DAYS: dict[str, float] = {"": 14.0, **{r: 60.0 for r in _STAFF_ROLES}}
+INACTIVITY_DAYS: dict[str, float] = {"": 4.0, **{r: 8.0 for r in _STAFF_ROLES}}
 
 
 class SettingsError(Exception):
@@ -88,6 +121,7 @@ class Settings:
     k8s_kubeconfig: str = ""
     k8s_context: str = ""
     k8s_use_service: bool = False
+    k8s_pod_config: Path | None = None
     session_lifetime: float = 7 * 86400.0
     session_idle_timeout: float = 86400.0
     oidc_issuer: str = ""
@@ -102,6 +136,23 @@ class Settings:
     oidc_role_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     oidc_recheck_interval: float = 300.0
     oidc_label: str = "Log in with your facility account"
+    # Lifetime rules (4-6): role ("" = everyone else) or flavour name -> days.
+    lifetime_days: dict[str, float] = field(default_factory=lambda: dict(LIFETIME_DAYS))
+    flavour_lifetime_days: dict[str, float] = field(default_factory=dict)
+    inactivity_days: dict[str, float] = field(default_factory=lambda: dict(INACTIVITY_DAYS))
+    lifetime_warning_hours: float = 48.0
+    inactivity_warning_hours: float = 24.0
+    extension_auto_accept_days: dict[str, float] = field(default_factory=dict)
+    extension_max_days: float = 90.0
+    lifetime_interval: float = 300.0
+    activity_flush_interval: float = 60.0
+    leader_lease: float = 15.0
+    smtp_host: str = ""
+    smtp_port: int = 25
+    smtp_from: str = "atrium@localhost"
+    smtp_starttls: bool = False
+    smtp_username: str = ""
+    smtp_password: str = field(default="", repr=False)
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -153,6 +204,16 @@ def _number(env: dict[str, str], name: str, default: float, minimum: float = 0) 
     if value < minimum:
         raise SettingsError(f"{name}={raw!r}: must be at least {minimum}")
     return value
+
+
+def _file(env: dict[str, str], name: str) -> Path | None:
+    """An existing file named by ``name`` (None when unset or empty)."""
+    raw = env.get(name)
+    if not raw:
+        return None
+    if not Path(raw).is_file():
+        raise SettingsError(f"{name}={raw!r}: no such file")
+    return Path(raw)
 
 
 def normalise_database_url(url: str) -> str:
@@ -223,9 +284,11 @@ def load_settings(env: dict[str, str] | None = None, **overrides: object) -> Set
         k8s_kubeconfig=env.get("ATRIUM_K8S_KUBECONFIG", ""),
         k8s_context=env.get("ATRIUM_K8S_CONTEXT", ""),
         k8s_use_service=_bool(env, "ATRIUM_K8S_USE_SERVICE", False),
+        k8s_pod_config=_file(env, "ATRIUM_K8S_POD_CONFIG"),
         session_lifetime=_number(env, "ATRIUM_SESSION_LIFETIME", 7 * 86400.0, minimum=1),
         session_idle_timeout=_number(env, "ATRIUM_SESSION_IDLE_TIMEOUT", 86400.0, minimum=1),
         **_oidc(env),
+        **_lifetime(env),
     )
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
@@ -277,6 +340,81 @@ def _oidc(env: dict[str, str]) -> dict[str, object]:
         oidc_recheck_interval=_number(env, "ATRIUM_OIDC_RECHECK_INTERVAL", 300.0),
         oidc_label=env.get("ATRIUM_OIDC_LABEL") or "Log in with your facility account",
     )
+
+
+def _lifetime(env: dict[str, str]) -> dict[str, object]:
+    """The lifetime, inactivity, warning, extension, scheduling and SMTP settings."""
+    password = env.get("ATRIUM_SMTP_PASSWORD", "")
+    password_file = env.get("ATRIUM_SMTP_PASSWORD_FILE", "")
+    if password_file:
+        try:
+            password = Path(password_file).read_text().strip()
+        except OSError as err:
+            raise SettingsError(f"ATRIUM_SMTP_PASSWORD_FILE={password_file!r}: "
+                                f"{err.strerror}") from None
+    port = int(_number(env, "ATRIUM_SMTP_PORT", 25, minimum=1))
+    if port > 65535:
+        raise SettingsError(f"ATRIUM_SMTP_PORT={port}: must be below 65536")
+    lifetime = parse_days(env, "ATRIUM_LIFETIME_DAYS", LIFETIME_DAYS, roles=True)
+    if any(v <= 0 for v in lifetime.values()):
+        raise SettingsError("ATRIUM_LIFETIME_DAYS: every lifetime must be above 0 "
+                            "(nothing runs forever)")
+    flavours = parse_days(env, "ATRIUM_FLAVOUR_LIFETIME_DAYS", {}, roles=False)
+    if any(v <= 0 for v in flavours.values()):
+        raise SettingsError("ATRIUM_FLAVOUR_LIFETIME_DAYS: every lifetime must be above 0")
+    return dict(
+        lifetime_days=lifetime,
+        flavour_lifetime_days=flavours,
+        inactivity_days=parse_days(env, "ATRIUM_INACTIVITY_DAYS", INACTIVITY_DAYS, roles=True),
+        lifetime_warning_hours=_number(env, "ATRIUM_LIFETIME_WARNING_HOURS", 48.0),
+        inactivity_warning_hours=_number(env, "ATRIUM_INACTIVITY_WARNING_HOURS", 24.0),
+        extension_auto_accept_days=parse_days(env, "ATRIUM_EXTENSION_AUTO_ACCEPT_DAYS", {},
+                                              roles=True),
+        extension_max_days=_number(env, "ATRIUM_EXTENSION_MAX_DAYS", 90.0, minimum=0.01),
+        lifetime_interval=_number(env, "ATRIUM_LIFETIME_INTERVAL", 300.0, minimum=0.1),
+        activity_flush_interval=_number(env, "ATRIUM_ACTIVITY_FLUSH_INTERVAL", 60.0,
+                                        minimum=0.1),
+        leader_lease=_number(env, "ATRIUM_LEADER_LEASE", 15.0, minimum=1),
+        smtp_host=env.get("ATRIUM_SMTP_HOST", "").strip(),
+        smtp_port=port,
+        smtp_from=env.get("ATRIUM_SMTP_FROM") or "atrium@localhost",
+        smtp_starttls=_bool(env, "ATRIUM_SMTP_STARTTLS", False),
+        smtp_username=env.get("ATRIUM_SMTP_USERNAME", ""),
+        smtp_password=password,
+    )
+
+
+def parse_days(env: dict[str, str], name: str, default: dict[str, float], *,
+               roles: bool) -> dict[str, float]:
+    """``"14;STAFF=60"`` -> ``{"": 14.0, "STAFF": 60.0}`` (``""``: everyone else).
+
+    With ``roles``, keys are role names (checked, upper-cased) and a bare number sets the
+    default; otherwise keys are flavour names, as written. Unset: ``default``. Raises
+    :class:`SettingsError` naming ``name`` on anything else.
+    """
+    from orchestrator.models import Role
+
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return dict(default)
+    result: dict[str, float] = {}
+    for item in filter(None, (i.strip() for i in raw.split(";"))):
+        key, sep, value = item.rpartition("=") if "=" in item else ("", "", item)
+        key = key.strip().upper() if roles else key.strip()
+        try:
+            days = float(value)
+        except ValueError:
+            days = -1.0
+        if days < 0 or (sep and not key) or (roles and key and key not in Role.__members__) \
+                or (not roles and not key):
+            what = "ROLE=days with ROLE one of " + ", ".join(Role.__members__) \
+                if roles else "flavour=days"
+            raise SettingsError(f"{name}: {item!r}: expected {what}"
+                                + (" or a number of days for everyone" if roles else ""))
+        result[key] = days
+    if roles and "" not in result and "" in default:
+        result[""] = default[""]
+    return result
 
 
 def parse_role_groups(raw: str) -> dict[str, tuple[str, ...]]:

@@ -7,7 +7,8 @@ cluster and :mod:`spawners.kubernetes` only moves them over the wire.
 One instance is:
 
 * a Pod ``atrium-<uid>`` running JupyterLab (container ``lab``) and, when asked for, a
-  desktop (container ``desktop``);
+  desktop (container ``desktop``: ``images/desktop/start-desktop.sh``, TigerVNC's Xvnc
+  serving RFB with VNC authentication on the pod IP, plus the desktop session);
 * a Secret ``atrium-<uid>`` holding the instance secrets (``jupyter_token``,
   ``vnc_password``), read by the containers through ``secretKeyRef`` env vars and owned by
   the pod once the pod exists (see :func:`secret_owner_patch`), so the garbage collector
@@ -34,7 +35,9 @@ Manifest = dict[str, Any]
 """A Kubernetes object (or part of one) as JSON-ready data."""
 
 JUPYTER_PORT = 8888
-DESKTOP_PORT = 6080
+DESKTOP_PORT = 6080  # RFB (VNC), spoken by the portal's bridge (web/desktop.py)
+# Where images/desktop/Dockerfile installs images/desktop/start-desktop.sh.
+DESKTOP_SCRIPT = "/usr/local/bin/start-desktop.sh"
 IDENTITY_PROVIDER = "images.jupyter_identity.AtriumIdentityProvider"
 ANNOTATION_NAME = "atrium/name"
 ANNOTATION_OWNER = "atrium/owner"
@@ -85,16 +88,19 @@ class PodOptions:
     """Admin-configured shape of session pods (everything not in the InstanceSpec).
 
     ``jupyter_command`` is the argv prefix that starts JupyterLab in the pod image;
-    ``home_path`` (``{username}`` substituted) is the home and JupyterLab root, data mounts
-    land at ``home_path/<DataMount.target>`` as on the other backends. ``home_volume`` makes
-    the home persistent (its ``{username}`` substituted facility path is ``home_source``);
+    ``desktop_command`` the one of the desktop start script (with the interface of
+    ``images/desktop/start-desktop.sh``: it gets ``--listen=$(POD_IP):6080`` and the
+    ``VNC_PASSWORD`` env var), empty when the pod image has no desktop. ``home_path``
+    (``{username}`` substituted) is the home and JupyterLab root, data mounts land at
+    ``home_path/<DataMount.target>`` as on the other backends. ``home_volume`` makes the
+    home persistent (its ``{username}`` substituted facility path is ``home_source``);
     without it the home is an ``emptyDir``.
     """
 
     jupyter_command: tuple[str, ...] = ("jupyter", "lab")
     jupyter_extra_args: tuple[str, ...] = ()
     identity_provider: str = IDENTITY_PROVIDER  # "" -> JupyterLab's own token (JUPYTER_TOKEN)
-    desktop_command: tuple[str, ...] = ()  # empty: desktop protocol not offered
+    desktop_command: tuple[str, ...] = (DESKTOP_SCRIPT,)  # empty: no desktop protocol
     home_path: str = "/home/{username}"
     home_volume: VolumeTemplate | None = None
     home_source: str = "/home/{username}"
@@ -280,6 +286,14 @@ def jupyter_args(spec: InstanceSpec, options: PodOptions) -> list[str]:
     return args
 
 
+def desktop_args(options: PodOptions) -> list[str]:
+    """The desktop container's argv: the start script, serving RFB on the pod IP.
+
+    The VNC password comes from the environment (``VNC_PASSWORD``), never the argv.
+    """
+    return [*options.desktop_command, f"--listen=$(POD_IP):{DESKTOP_PORT}"]
+
+
 def _security_context() -> Manifest:
     return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
@@ -334,10 +348,13 @@ def make_pod(spec: InstanceSpec, deployment_id: str, namespace: str,
             "name": "desktop",
             "image": spec.image_ref,
             "imagePullPolicy": options.image_pull_policy,
-            "args": list(options.desktop_command),
+            "args": desktop_args(options),
             "workingDir": home,
             "env": [*base_env, _secret_env("VNC_PASSWORD", name, "vnc_password")],
             "ports": [{"name": "desktop", "containerPort": DESKTOP_PORT, "protocol": "TCP"}],
+            # Xvnc accepts connections once it serves (a Service must wait for that).
+            "readinessProbe": {"tcpSocket": {"port": DESKTOP_PORT},
+                               "periodSeconds": 2, "failureThreshold": 3},
             # The flavour's resources are the pod's: only the first container claims them.
             "resources": {} if containers else resources(spec),
             "volumeMounts": mounts,
@@ -501,9 +518,12 @@ def pod_protocols(pod: Manifest) -> tuple[str, ...]:
 
 
 def endpoints(pod_ip: str, protocols: Sequence[str], host: str = "") -> dict[str, str]:
-    """protocol -> base URL of the session, by pod IP (or ``host``, e.g. a Service name)."""
+    """protocol -> URL of the session, by pod IP (or ``host``, e.g. a Service name):
+    ``http://`` for JupyterLab, ``vnc://`` for the desktop (raw RFB, as on the local
+    backend: the portal's bridge connects to it unchanged)."""
     address = host or pod_ip
     if not address:
         return {}
-    ports = {"jupyter": JUPYTER_PORT, "desktop": DESKTOP_PORT}
-    return {p: f"http://{address}:{ports[p]}" for p in protocols if p in ports}
+    urls = {"jupyter": f"http://{address}:{JUPYTER_PORT}",
+            "desktop": f"vnc://{address}:{DESKTOP_PORT}"}
+    return {p: urls[p] for p in protocols if p in urls}

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -45,7 +46,6 @@ from spawners.base import (
     ResourceState,
 )
 from spawners.k8s_manifests import (
-    DESKTOP_PORT,
     Manifest,
     PodOptions,
     classify_pod,
@@ -60,7 +60,7 @@ from spawners.k8s_manifests import (
     running_protocols,
     secret_owner_patch,
 )
-from spawners.probe import jupyter_ready, tcp_ready
+from spawners.probe import jupyter_ready, rfb_ready
 
 log = logging.getLogger(__name__)
 
@@ -455,7 +455,9 @@ class KubernetesBackend(Backend):
     async def observe(self, uid: str, state: BackendState, secrets: Mapping[str, str],
                       protocols: tuple[str, ...]) -> Observation:
         """State from the watch cache (a GET only when the cache cannot answer), endpoints
-        by pod IP (or Service), and protocol probes when the pod runs.
+        by pod IP (or Service): ``http://`` for JupyterLab, ``vnc://`` for the desktop, and
+        protocol probes when the pod runs (JupyterLab's status API with the token; the
+        desktop's RFB greeting).
 
         A stopped instance without pod is STOPPED, any other without pod GONE. While the
         API server is unreachable the last state seen is reported (pods keep running and
@@ -486,9 +488,9 @@ class KubernetesBackend(Backend):
         if jupyter and token and await jupyter_ready(jupyter, f"/instances/{uid}/lab/",
                                                      token, timeout):
             ready.add("jupyter")
-        if "desktop" in obs.endpoints and await tcp_ready(
-                obs.endpoints["desktop"].split("//", 1)[1].rsplit(":", 1)[0],
-                DESKTOP_PORT, timeout):
+        desktop = urlsplit(obs.endpoints.get("desktop", ""))
+        if desktop.hostname and desktop.port and await rfb_ready(
+                desktop.hostname, desktop.port, timeout):
             ready.add("desktop")
         return replace(obs, ready=frozenset(ready))
 

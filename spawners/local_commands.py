@@ -39,6 +39,9 @@ def vnc_command(display: int, port: int, password_file: Path,
     return ["Xvnc", f":{display}", "-rfbport", str(port), "-localhost", "-nolisten", "tcp",
             "-SecurityTypes", "VncAuth", "-PasswordFile", str(password_file),
             "-geometry", geometry, "-depth", "24", "-AlwaysShared", "-AcceptSetDesktopSize",
+            # Readiness probes connect without authenticating; only the portal's bridge
+            # (on loopback) talks to this server, so its blacklist would only lock us out.
+            "-UseBlacklist=0",
             "-desktop", "Atrium"]
 
 

@@ -136,7 +136,8 @@ class OpenStackBackend(Backend):
     ``user_domain_name``, ``project_domain_name``; ``auth_type`` picks another plugin,
     e.g. ``v3applicationcredential``). ``networks`` are network names or ids (none: Nova
     decides); ``security_groups`` apply to every server, plus ``flavour_security_groups``
-    [flavour_ref]. ``floating_ip_network`` (a name or id) gives each server a floating IP,
+    [flavour_ref] and ``protocol_security_groups``[protocol] (e.g. open 6080 only for
+    desktops). ``floating_ip_network`` (a name or id) gives each server a floating IP,
     and ``endpoint_address="floating"`` makes endpoints use it instead of the fixed IP.
     """
 
@@ -147,6 +148,7 @@ class OpenStackBackend(Backend):
                  region_name: str | None = None, networks: Sequence[str] = (),
                  security_groups: Sequence[str] = ("default",),
                  flavour_security_groups: Mapping[str, Sequence[str]] | None = None,
+                 protocol_security_groups: Mapping[str, Sequence[str]] | None = None,
                  floating_ip_network: str | None = None, endpoint_address: str = "fixed",
                  key_name: str | None = None, boot: BootSettings | None = None,
                  max_workers: int = 8, retries: int = 4, backoff: float = 0.5,
@@ -167,6 +169,8 @@ class OpenStackBackend(Backend):
         self._networks = tuple(networks)
         self._security_groups = tuple(security_groups)
         self._flavour_groups = {k: tuple(v) for k, v in (flavour_security_groups or {}).items()}
+        self._protocol_groups = {k: tuple(v)
+                                 for k, v in (protocol_security_groups or {}).items()}
         self._fip_network = floating_ip_network
         self._endpoint_address = endpoint_address
         self._key_name = key_name
@@ -180,6 +184,7 @@ class OpenStackBackend(Backend):
         self._pool = BlockingPool(max_workers=max_workers, name="atrium-openstack")
         self._conn_lock = threading.Lock()
         self._connection: openstack.connection.Connection | None = None
+        self._closed = False
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -251,6 +256,8 @@ class OpenStackBackend(Backend):
                 os_exc.DuplicateResource) as err:
             raise BackendError(f"OpenStack configuration: {err}") from err
         groups = self._security_groups + self._flavour_groups.get(spec.flavour_ref, ())
+        for protocol in spec.protocols:
+            groups += self._protocol_groups.get(protocol, ())
         return {"image_id": image.id, "flavor_id": flavour.id,
                 "networks": [{"uuid": n} for n in networks] if networks else None,
                 "security_groups": [{"name": g} for g in dict.fromkeys(groups)]}
@@ -458,6 +465,8 @@ class OpenStackBackend(Backend):
         fixed, floating = self._addresses(server)
         address = floating if self._endpoint_address == "floating" else fixed
         facts: BackendState = {"server_id": server.id}
+        if state is ResourceState.FAILED and reason.startswith("No valid host"):
+            facts["capacity_error"] = True  # the reconciler may retry later or elsewhere
         if address:
             facts["address"] = address
         return Observation(state=state, reason=reason, backend_state=facts)
@@ -510,6 +519,11 @@ class OpenStackBackend(Backend):
         return found
 
     async def close(self) -> None:
+        """Close the SDK connection and the thread pool (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+
         def closing() -> None:
             with self._conn_lock:
                 if self._connection is not None:

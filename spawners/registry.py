@@ -14,12 +14,23 @@ def make_backends(settings: Settings) -> dict[str, Backend]:
             backends[name] = LocalBackend(settings.deployment_id, settings.sessions_dir,
                                           settings.local_python)
         elif name == "kubernetes":
+            from spawners.k8s_config import load_pod_options
+            from spawners.k8s_manifests import PodOptions
             from spawners.kubernetes import KubernetesBackend, KubernetesSettings
 
+            pod = PodOptions()
+            if settings.k8s_pod_config is not None:
+                try:
+                    pod = load_pod_options(settings.k8s_pod_config)
+                except ValueError as err:
+                    raise SettingsError(
+                        f"ATRIUM_K8S_POD_CONFIG={str(settings.k8s_pod_config)!r}: {err}"
+                    ) from err
             backends[name] = KubernetesBackend(settings.deployment_id, KubernetesSettings(
                 namespace=settings.k8s_namespace,
                 kubeconfig=settings.k8s_kubeconfig or None,
                 context=settings.k8s_context or None,
+                pod=pod,
                 use_service=settings.k8s_use_service,
                 max_workers=settings.sdk_threads))
         else:

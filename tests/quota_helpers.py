@@ -41,7 +41,7 @@ async def plan_on(db: Database, flavour: str) -> int:
 
 async def experiment_ids(db: Database, *proposals: str) -> list[int]:
     async with db.session() as s:
-        rows = dict((await s.execute(select(Experiment.proposal, Experiment.id))).tuples())
+        rows = {p: i for p, i in await s.execute(select(Experiment.proposal, Experiment.id))}
         return [rows[p] for p in proposals]
 
 

@@ -96,22 +96,6 @@ async def run_code(base_url: str, uid: str, token: str, code: str, timeout: floa
         conn.close()
 
 
-def add_member(database_url: str, uid: str, username: str, role: str) -> None:
-    """Make ``username`` a member of instance ``uid`` directly in the database."""
-    from sqlalchemy import create_engine, text
-
-    url = database_url.replace("postgresql://", "postgresql+psycopg://", 1) \
-        if database_url.startswith("postgresql://") else database_url
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text(
-            "INSERT INTO instance_members (instance_id, user_id, role, created_at) "
-            "SELECT i.id, u.id, :role, CURRENT_TIMESTAMP FROM instances i, users u "
-            "WHERE i.uid = :uid AND u.username = :username"),
-            {"uid": uid, "username": username, "role": role})
-    engine.dispose()
-
-
 def plan_id(client: httpx.Client, image: str) -> int:
     return next(p["id"] for p in client.get("/api/v1/plans").json()
                 if p["image"]["name"] == image)

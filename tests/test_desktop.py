@@ -13,7 +13,7 @@ from tornado.websocket import websocket_connect
 
 from tests.conftest import AtriumServer
 from tests.rfb_client import RfbClient
-from tests.sessions import add_member, launch_plan, processes_of, wait_for
+from tests.sessions import launch_plan, processes_of, wait_for
 
 RIGHT_BUTTON = 4
 ESCAPE = 0xFF1B
@@ -25,7 +25,12 @@ def desktop(server: AtriumServer) -> Iterator[str]:
     alice = server.client("alice")
     uid = launch_plan(alice, "desk", "Light desktop", ["20261001"])
     assert wait_for(alice, uid, {"ACTIVE"})["ready_protocols"] == ["desktop"]
-    add_member(server.env["ATRIUM_DATABASE_URL"], uid, "bob", "GUEST")
+    r = alice.post(f"/api/v1/instances/{uid}/members", json={"user": "bob", "role": "GUEST"})
+    assert r.status_code == 201, r.text
+    # bob watches on his own in these tests: let members connect while alice is away.
+    r = alice.patch(f"/api/v1/instances/{uid}/sharing",
+                    json={"unrestricted_member_access": True})
+    assert r.status_code == 200, r.text
     yield uid
     alice.delete(f"/api/v1/instances/{uid}")
     wait_for(alice, uid, {"DELETED"})

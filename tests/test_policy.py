@@ -19,11 +19,13 @@ WHO = {
 A = Action
 # Expected status per (who, action): 200 allowed, else the refusal's HTTP status.
 EXPECTED = {
-    "owner":     {a: 200 for a in A},
+    "owner":     {**{a: 200 for a in A}, A.JOIN_SUPPORT: 403},
     "user":      {A.VIEW: 200, A.OPEN_LAB: 200, A.DESKTOP_INPUT: 200, A.DESKTOP_WATCH: 200,
-                  A.CONTROL: 200, A.DELETE: 403, A.MANAGE_MEMBERS: 403, A.READ_AUDIT: 403},
+                  A.CONTROL: 200, A.DELETE: 403, A.MANAGE_MEMBERS: 403, A.READ_AUDIT: 403,
+                  A.JOIN_SUPPORT: 403},
     "guest":     {A.VIEW: 200, A.OPEN_LAB: 403, A.DESKTOP_INPUT: 403, A.DESKTOP_WATCH: 200,
-                  A.CONTROL: 403, A.DELETE: 403, A.MANAGE_MEMBERS: 403, A.READ_AUDIT: 403},
+                  A.CONTROL: 403, A.DELETE: 403, A.MANAGE_MEMBERS: 403, A.READ_AUDIT: 403,
+                  A.JOIN_SUPPORT: 403},
     "outsider":  {a: 404 for a in A},
     "admin":     {a: 200 for a in A},
     "anonymous": {a: 401 for a in A},

@@ -13,8 +13,9 @@ import pytest
 from sqlalchemy import func, select
 
 import quotas.admission
+from orchestrator import lifecycle
 from orchestrator.db import Database
-from orchestrator.models import Instance, QuotaPolicy, QuotaScope, Target
+from orchestrator.models import Instance, Plan, QuotaPolicy, QuotaScope, Target, User
 from orchestrator.settings import normalise_database_url
 from quotas.policies import resolve
 from quotas.usage import Usage, refusal
@@ -31,8 +32,6 @@ async def db(databases: Databases, tmp_path: Path) -> AsyncIterator[Database]:
 
 async def instances_of(db: Database, username: str) -> int:
     async with db.session() as s:
-        from orchestrator.models import User
-
         return int(await s.scalar(
             select(func.count()).select_from(Instance).join(User, User.id == Instance.owner_id)
             .where(User.username == username, Instance.target != Target.DELETED)) or 0)
@@ -87,18 +86,18 @@ async def test_without_the_lock_the_same_launches_overrun(
 async def test_resource_limits_name_the_limit_hit(db: Database) -> None:
     small, medium = await plan_on(db, "small"), await plan_on(db, "medium")
     await set_policy(db, QuotaScope.USER, "alice", max_instances=5, max_cpus=3,
-                     max_memory_mb=12288)
+                     max_memory_mb=11264)
     assert (await try_launch(db, "alice", medium, []))[0] == 201  # 2 vCPU, 8 GiB
     status, message = await try_launch(db, "alice", medium, [])
     assert (status, message) == (409, "quota reached: you use 2 of 3 vCPU and the medium "
                                       "flavour needs 2 more; delete an instance or choose a "
                                       "smaller plan")
-    assert (await try_launch(db, "alice", small, []))[0] == 201  # 3 of 3 vCPU, 10 GiB
+    assert (await try_launch(db, "alice", small, []))[0] == 201  # 3 of 3 vCPU, 10 of 11 GiB
     status, message = await try_launch(db, "alice", small, [])
     assert status == 409 and "you use 3 of 3 vCPU" in message
     await set_policy(db, QuotaScope.USER, "alice", max_cpus=None)
     status, message = await try_launch(db, "alice", small, [])
-    assert status == 409 and "you use 10 of 12 GiB of memory and the small flavour needs 2 " \
+    assert status == 409 and "you use 10 of 11 GiB of memory and the small flavour needs 2 " \
                              "more" in message
     assert await instances_of(db, "alice") == 2
 
@@ -158,13 +157,11 @@ async def test_flavour_limited_to_a_role_or_an_instrument(db: Database) -> None:
 
 
 async def test_plans_offered_follow_the_flavour_limits(db: Database) -> None:
-    from orchestrator import lifecycle
-    from tests.quota_helpers import user_named
-
     async with db.session() as s:
         offered = {}
         for name in ("alice", "bob", "carol"):
-            user = await s.merge(await user_named(db, name))
+            user = await s.scalar(select(User).where(User.username == name))
+            assert user is not None
             offered[name] = {p.flavour.name for p in await lifecycle.plans_for(s, user)}
     assert "large-gpu" in offered["alice"]  # a LOKI experiment
     assert "large-gpu" in offered["carol"]  # STAFF
@@ -173,8 +170,6 @@ async def test_plans_offered_follow_the_flavour_limits(db: Database) -> None:
 
 
 async def test_disabled_plans_cannot_be_launched(db: Database) -> None:
-    from orchestrator.models import Plan
-
     plan = await plan_on(db, "medium")
     async with db.session() as s:
         row = await s.get(Plan, plan)

@@ -264,8 +264,8 @@ class AdminUserHandler(AdminApiHandler):
     async def get(self, oid: str) -> None:
         async with self.portal.db.session() as s:
             user = await self.object_or_404(s, User, oid)
-            rows = await admin.users_overview(s, self.portal.settings.default_quota)
-            self.send(next(overview_json(r) for r in rows if r.user.id == user.id))
+            self.send(overview_json(await admin.user_overview(
+                s, user, self.portal.settings.default_quota)))
 
     async def patch(self, oid: str) -> None:
         """Set ``roles`` and/or ``groups`` (lists of names; keys left out are kept)."""

@@ -270,8 +270,8 @@ class AdminPlansPage(AdminPage):
     async def show(self, form: dict[str, Any] | None = None, **context: Any) -> None:
         async with self.portal.db.session() as s:
             plans = (await s.scalars(select(Plan).order_by(Plan.id))).all()
-            used = dict((await s.execute(select(Instance.plan_id, func.count())
-                                         .group_by(Instance.plan_id))).tuples().all())
+            used = {plan_id: n for plan_id, n in await s.execute(
+                select(Instance.plan_id, func.count()).group_by(Instance.plan_id))}
             images = (await s.scalars(select(Image).order_by(Image.name, Image.version))).all()
             flavours = (await s.scalars(select(Flavour).order_by(Flavour.cpus))).all()
             self.render_admin("admin_plans.html", plans=plans, used=used, images=images,

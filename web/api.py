@@ -125,7 +125,8 @@ class InstancesHandler(ApiHandler):
             instance = await lifecycle.launch(
                 s, user, name=body.get("name"), plan_id=body.get("plan_id"),
                 experiment_ids=body.get("experiment_ids", []),
-                backends=self.portal.settings.backends, quota=self.portal.settings.default_quota)
+                backends=self.portal.settings.backends, quota=self.portal.settings.default_quota,
+                lifetime=self.portal.lifetime.policy if self.portal.lifetime else None)
             await s.commit()
             uid = instance.uid
         self.portal.reconciler.kick(uid)
@@ -165,7 +166,7 @@ class InstanceEventsHandler(ApiHandler):
     async def get(self, uid: str) -> None:
         who = self.require_user()
         async with self.portal.db.session() as s:
-            instance = await visible_instance(s, who, uid)
+            instance = await visible_instance(s, who, uid, Action.READ_AUDIT)
             events = await s.scalars(select(InstanceEvent)
                                      .where(InstanceEvent.instance_id == instance.id)
                                      .order_by(InstanceEvent.id))

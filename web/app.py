@@ -15,7 +15,11 @@ from tornado.routing import Rule
 
 from orchestrator.db import Database
 from orchestrator.experiments_sync import periodic_sync
+from orchestrator.lifetime import LifetimeService
+from orchestrator.lifetime_policy import LifetimePolicy
+from orchestrator.notify import Mailer
 from orchestrator.reconciler import Reconciler
+from orchestrator.scheduler import JobScheduler, leader_name, portal_jobs
 from orchestrator.settings import Settings
 from spawners.registry import make_backends
 from web import oidc, pages
@@ -25,10 +29,14 @@ from web.api import API_ROUTES
 from web.auth import Authenticator
 from web.base import NotFoundApi
 from web.desktop import DesktopBridge, DesktopPage, KeyboardHandler, novnc_dir
+from web.lifetime_api import LIFETIME_API_ROUTES
+from web.lifetime_pages import LIFETIME_PAGE_ROUTES
 from web.oidc_client import OidcClient
 from web.portal import Portal
 from web.proxy import IsWebSocket, LabProxyHandler, LabWebSocketProxy
 from web.routes import PrincipalCache, RouteTable
+from web.sharing_api import SHARING_ROUTES
+from web.sharing_pages import SHARING_PAGES
 from web.tokens import TOKEN_ROUTES
 
 HERE = Path(__file__).parent
@@ -51,8 +59,13 @@ def make_app(portal: Portal) -> tornado.web.Application:
         (r"/logout/done", oidc.LoggedOutHandler),
         (r"/login/oidc", oidc.OidcStartHandler),
         (r"/login/oidc/callback", oidc.OidcCallbackHandler),
+        (r"/login/oidc/backchannel-logout", oidc.BackchannelLogoutHandler),
         (r"/healthz", pages.HealthHandler),
         (rf"/api/v1/instances/{UID}/keyboard", KeyboardHandler),
+        *LIFETIME_API_ROUTES,
+        *LIFETIME_PAGE_ROUTES,
+        *SHARING_ROUTES,
+        *SHARING_PAGES,
         *API_ROUTES,
         *TOKEN_ROUTES,
         *ADMIN_API_ROUTES,
@@ -93,6 +106,14 @@ async def build_portal(settings: Settings, db: Database) -> Portal:
                     oidc=OidcClient(settings) if settings.oidc_enabled else None)
     if portal.oidc is not None:
         portal.auth.provider_check = oidc.provider_check(portal, portal.oidc)
+
+    def deleting(uid: str) -> None:  # an expired instance: delete it now
+        portal.changed(uid)
+        reconciler.kick(uid)
+
+    portal.lifetime = LifetimeService(db, LifetimePolicy.from_settings(settings),
+                                      Mailer(settings), public_url=settings.public_url,
+                                      activity=portal.activity, on_delete=deleting)
     return portal
 
 
@@ -106,7 +127,16 @@ async def serve(settings: Settings) -> None:
     app = make_app(portal)
     server = HTTPServer(app, xheaders=False, max_body_size=10 * 1024**3)
     server.listen(settings.port, settings.host)
-    portal.reconciler.start()
+    # The reconcile sweep, expiry and warnings run in the scheduler leader only (one process
+    # per database); every process flushes the activity it saw.
+    assert portal.lifetime is not None
+    scheduler = JobScheduler(db, portal_jobs(settings, portal.reconciler, portal.lifetime),
+                             holder=leader_name(settings.host, settings.port),
+                             lease=settings.leader_lease)
+    scheduler.start()
+    # Revocation and the owner's absence reach open connections within seconds.
+    presence_task = asyncio.get_running_loop().create_task(
+        portal.presence.watch(portal.routes.get))
     sync_task = None
     if settings.experiments_sync_interval > 0:
         sync_task = asyncio.get_running_loop().create_task(periodic_sync(settings, db))
@@ -125,8 +155,14 @@ async def serve(settings: Settings) -> None:
     await stop.wait()
     log.info("stopping")
     server.stop()
+    presence_task.cancel()
     if sync_task:
         sync_task.cancel()
+    await scheduler.stop()
+    try:
+        await portal.lifetime.flush_activity()
+    except Exception:
+        log.exception("flushing the last activity failed")
     await portal.reconciler.stop()
     for backend in portal.reconciler.backends.values():
         await backend.close()

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from orchestrator.errors import RequestError
 from orchestrator.models import User
 from sharing.policy import Principal
-from web.auth import bearer_token
+from web.auth import SESSION_COOKIE, bearer_token
 from web.portal import Portal
 
 
@@ -74,7 +74,8 @@ class ApiHandler(BaseHandler):
     def check_xsrf_cookie(self) -> None:
         # Browsers never add a bearer token on their own, so such calls cannot be forged
         # cross-site; cookie-authenticated calls (the pages' scripts) carry the XSRF token.
-        if bearer_token(self) is None:
+        # A call with neither is anonymous and answered 401 by the handler.
+        if bearer_token(self) is None and self.get_cookie(SESSION_COOKIE) is not None:
             super().check_xsrf_cookie()
 
     def require_user(self) -> Principal:

@@ -27,6 +27,7 @@ from web import rfb
 from web.api import visible_instance
 from web.base import ApiHandler, BaseHandler
 from web.proxy import ProxyAuth, Refusal, cross_origin_error
+from web.routes import Route
 
 log = logging.getLogger("atrium.desktop")
 
@@ -94,11 +95,15 @@ class DesktopBridge(ProxyAuth, tornado.websocket.WebSocketHandler):
             route.answer(self)
             return
         self.uid = uid
-        self.can_input = bool(authorize(self.principal, route.access, Action.DESKTOP_INPUT))
+        self.user_id = self.principal.user_id if self.principal else 0
+        present = self.portal.presence.connected(uid, route.access.owner_id)
+        self.can_input = bool(authorize(self.principal, route.access, Action.DESKTOP_INPUT,
+                                        present))
         try:
             self.reader, self.writer = await vnc_connect(
                 route.endpoints["desktop"], route.secrets.get("vnc_password", ""))
         except (TimeoutError, OSError, asyncio.IncompleteReadError, VncHandshakeError) as err:
+            log.warning("desktop of %s: VNC connection failed: %r", uid, err)
             Refusal(502, f"the desktop is not answering ({err})").answer(self)
             return
         self._phase = "version"
@@ -113,8 +118,18 @@ class DesktopBridge(ProxyAuth, tornado.websocket.WebSocketHandler):
         return None
 
     def open(self, *args: str) -> None:
+        self.portal.presence.opened(self.uid, self)
         # Our side of the handshake with the browser: same version, no authentication.
         self.write_message(rfb.VERSION, binary=True)
+
+    def revalidate(self, route: Route | None, owner_present: bool) -> None:
+        """Close when watching is no longer allowed; stop input when only watching is."""
+        if route is None or not authorize(self.principal, route.access, Action.DESKTOP_WATCH,
+                                          owner_present):
+            self.close(4403, "access to this desktop was revoked")
+            return
+        self.can_input = bool(authorize(self.principal, route.access, Action.DESKTOP_INPUT,
+                                        owner_present))
 
     async def on_message(self, message: str | bytes) -> None:
         data = message.encode() if isinstance(message, str) else message
@@ -169,6 +184,8 @@ class DesktopBridge(ProxyAuth, tornado.websocket.WebSocketHandler):
         self.close(1000, "the desktop closed the connection")
 
     def on_close(self) -> None:
+        if hasattr(self, "_stream"):
+            self.portal.presence.closed(self.uid, self)
         if self.writer is not None:
             self.writer.close()
         pump = getattr(self, "_pump", None)
@@ -184,10 +201,11 @@ class DesktopPage(BaseHandler):
         route = await self.portal.routes.get(uid)
         if route is None:
             raise tornado.web.HTTPError(404, "no such instance")
-        decision = authorize(self.principal, route.access, Action.DESKTOP_WATCH)
+        present = self.portal.presence.connected(uid, route.access.owner_id)
+        decision = authorize(self.principal, route.access, Action.DESKTOP_WATCH, present)
         if not decision:
             raise tornado.web.HTTPError(decision.status, decision.reason)
-        can_input = bool(authorize(self.principal, route.access, Action.DESKTOP_INPUT))
+        can_input = bool(authorize(self.principal, route.access, Action.DESKTOP_INPUT, present))
         self.render_page("desktop.html", uid=uid, view_only=not can_input,
                          novnc=novnc_dir() is not None, layouts=KEYBOARD_LAYOUTS)
 

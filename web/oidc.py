@@ -11,6 +11,9 @@ The flow (authorization code with PKCE):
    login session. Every refusal is shown on the login page with what was wrong.
 3. ``POST /logout`` (web/pages.py) ends the Atrium session and, for these logins, the
    provider's (end_session_endpoint), which sends the browser back to ``/logout/done``.
+4. A provider session that ends elsewhere ends the Atrium logins it backs: at once when
+   the provider calls ``POST /login/oidc/backchannel-logout``, else at the next request
+   after the recheck interval (:func:`provider_check`, a refresh-token grant).
 """
 
 from __future__ import annotations
@@ -133,6 +136,44 @@ class OidcCallbackHandler(OidcHandler):
         log.info("login: %s (%s) roles=%s", identity.username, identity.subject,
                  ",".join(sorted(r.value for r in identity.roles)) or "-")
         self.redirect(pending.next_url)
+
+
+class BackchannelLogoutHandler(OidcHandler):
+    """OIDC Back-Channel Logout: the provider tells Atrium, server to server, that a
+    session ended there (logout in another application, an admin's kill). The matching
+    Atrium logins end at once in this process, within seconds in the others.
+
+    Register ``PUBLIC_URL/login/oidc/backchannel-logout`` at the provider (with "session
+    required" when it offers it). Without it, the periodic check still notices.
+    """
+
+    def check_xsrf_cookie(self) -> None:
+        pass  # a server-to-server call, authenticated by the signed logout token
+
+    async def prepare(self) -> None:
+        pass  # no cookie, no principal
+
+    async def post(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        try:
+            claims = await self.oidc.validate_logout(self.get_body_argument("logout_token", ""))
+        except LoginRefused as err:
+            log.warning("back-channel logout refused: %s", err.message)
+            self.set_status(400)
+            self.finish({"error": "invalid_request", "error_description": err.message})
+            return
+        async with self.portal.db.session() as s:
+            if claims.get("sid"):
+                digests = await logins.revoke_by_provider_sid(s, str(claims["sid"]))
+            else:
+                digests = await logins.revoke_by_subject(s, self.oidc.issuer, str(claims["sub"]))
+            await s.commit()
+        for digest in digests:
+            self.portal.auth.forget(digest)
+        log.info("back-channel logout: %d login(s) ended (sid=%s)", len(digests),
+                 claims.get("sid", "-"))
+        self.set_status(200)
+        self.finish()
 
 
 class LoggedOutHandler(BaseHandler):

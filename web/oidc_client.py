@@ -24,6 +24,7 @@ from web.oidc_core import (
     UnknownSigningKey,
     end_session_url,
     validate_id_token,
+    validate_logout_token,
 )
 
 log = logging.getLogger("atrium.oidc")
@@ -176,6 +177,16 @@ class OidcClient:
             return validate_id_token(id_token, await self.jwks(), **kwargs)
         except UnknownSigningKey:
             return validate_id_token(id_token, await self.jwks(force=True), **kwargs)
+
+    async def validate_logout(self, logout_token: str) -> dict[str, Any]:
+        """Validate a back-channel logout token (refetching the JWKS once if needed)."""
+        meta = await self.metadata()
+        kwargs: dict[str, Any] = dict(issuer=meta.issuer, client_id=self.client_id,
+                                      algorithms=meta.algorithms)
+        try:
+            return validate_logout_token(logout_token, await self.jwks(), **kwargs)
+        except UnknownSigningKey:
+            return validate_logout_token(logout_token, await self.jwks(force=True), **kwargs)
 
     async def userinfo(self, access_token: str, subject: str) -> dict[str, Any]:
         """The userinfo claims (empty when the provider has no endpoint)."""

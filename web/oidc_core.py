@@ -88,12 +88,15 @@ _CLAIM_WORDS = {
 def validate_id_token(raw: str, jwks: Mapping[str, Any], *, issuer: str, client_id: str,
                       nonce: str | None, access_token: str | None = None,
                       algorithms: Sequence[str] = ALLOWED_ALGORITHMS,
-                      now: float | None = None, leeway: int = LEEWAY) -> dict[str, Any]:
+                      now: float | None = None, leeway: int = LEEWAY,
+                      what: str = "ID token", subject_required: bool = True
+                      ) -> dict[str, Any]:
     """The claims of ``raw`` if it is a valid ID token for this login; else LoginRefused.
 
     Checks the signature against the provider's ``jwks`` (asymmetric algorithms only),
     then issuer, audience (and azp), expiry, issue time, nonce (when given: at login; a
-    refreshed ID token carries none) and at_hash (when both are present).
+    refreshed ID token carries none) and at_hash (when both are present). ``what`` names
+    the token in messages.
     """
     algs = [a for a in algorithms if a in ALLOWED_ALGORITHMS]
     try:
@@ -105,41 +108,77 @@ def validate_id_token(raw: str, jwks: Mapping[str, Any], *, issuer: str, client_
         token = jwt.decode(raw, keys, algorithms=algs,
                            registry=JWSRegistry(algorithms=algs, strict_check_header=False))
     except InvalidKeyIdError:
-        raise UnknownSigningKey("the ID token is signed with a key the provider does not "
+        raise UnknownSigningKey(f"the {what} is signed with a key the provider does not "
                                 "publish") from None
     except BadSignatureError:
-        raise LoginRefused("the ID token's signature does not verify with the provider's "
+        raise LoginRefused(f"the {what}'s signature does not verify with the provider's "
                            "keys (a forged or altered token)") from None
     except UnsupportedAlgorithmError:
-        raise LoginRefused("the ID token is unsigned or uses a signature algorithm Atrium "
+        raise LoginRefused(f"the {what} is unsigned or uses a signature algorithm Atrium "
                            f"does not accept (accepted: {', '.join(algs)})") from None
     except (JoseError, ValueError, TypeError) as err:
-        raise LoginRefused(f"the ID token is malformed ({err})") from None
+        raise LoginRefused(f"the {what} is malformed ({err})") from None
     claims = token.claims
     options: dict[str, Any] = {"iss": {"essential": True, "value": issuer},
                                "aud": {"essential": True, "value": client_id},
-                               "sub": {"essential": True}, "exp": {"essential": True}}
+                               "sub": {"essential": subject_required},
+                               "exp": {"essential": True}}
     params: dict[str, Any] = {"client_id": client_id}
     if nonce is not None:
         params["nonce"] = nonce
     if access_token:
         params["access_token"] = access_token
-    checker = CodeIDToken(claims, token.header, options, params)
+    checker = (CodeIDToken if subject_required else _LogoutClaims)(claims, token.header,
+                                                                   options, params)
     try:
         checker.validate(now=int(now if now is not None else time.time()), leeway=leeway)
     except ExpiredTokenError:
-        raise LoginRefused("the ID token has expired (a stale or replayed token; check the "
+        raise LoginRefused(f"the {what} has expired (a stale or replayed token; check the "
                            "clocks if this persists)") from None
     except MissingClaimError as err:
-        raise LoginRefused(f"the ID token lacks the {err.claim!r} claim") from None
+        raise LoginRefused(f"the {what} lacks the {err.claim!r} claim") from None
     except ClaimError as err:
         template = _CLAIM_WORDS.get(err.claim, "its {claim!r} claim is invalid")
         want = issuer if err.claim == "iss" else client_id
-        raise LoginRefused("the ID token was refused: " + template.format(
+        raise LoginRefused(f"the {what} was refused: " + template.format(
             got=claims.get(err.claim), want=want, claim=err.claim)) from None
     except JoseError as err:
-        raise LoginRefused(f"the ID token was refused: {err.description}") from None
+        raise LoginRefused(f"the {what} was refused: {err.description}") from None
     return dict(claims)
+
+
+class _LogoutClaims(CodeIDToken):
+    ESSENTIAL_CLAIMS = ["iss", "aud", "exp", "iat"]  # a sid may stand for the sub
+
+
+BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
+LOGOUT_TOKEN_MAX_AGE = 600  # seconds: older logout tokens are refused (replay window)
+
+
+def validate_logout_token(raw: str, jwks: Mapping[str, Any], *, issuer: str, client_id: str,
+                          algorithms: Sequence[str] = ALLOWED_ALGORITHMS,
+                          now: float | None = None) -> dict[str, Any]:
+    """The claims of a back-channel logout token (OIDC Back-Channel Logout 1.0, 2.4/2.6).
+
+    Signature, issuer, audience and expiry as for an ID token; besides: issued within the
+    last :data:`LOGOUT_TOKEN_MAX_AGE` seconds, the back-channel logout event present, a
+    ``sid`` or a ``sub``, and no ``nonce`` (so that an ID token cannot pass for one).
+    """
+    claims = validate_id_token(raw, jwks, issuer=issuer, client_id=client_id, nonce=None,
+                               algorithms=algorithms, now=now, what="logout token",
+                               subject_required=False)
+    moment = now if now is not None else time.time()
+    iat = claims.get("iat")
+    if not isinstance(iat, (int, float)) or iat < moment - LOGOUT_TOKEN_MAX_AGE:
+        raise LoginRefused("the logout token is too old", 400)
+    events = claims.get("events")
+    if not isinstance(events, dict) or not isinstance(events.get(BACKCHANNEL_EVENT), dict):
+        raise LoginRefused("the logout token lacks the back-channel logout event", 400)
+    if "nonce" in claims:
+        raise LoginRefused("a logout token must not carry a nonce", 400)
+    if not claims.get("sid") and not claims.get("sub"):
+        raise LoginRefused("the logout token names neither a session nor a subject", 400)
+    return claims
 
 
 def claim(claims: Mapping[str, Any], path: str) -> Any:

@@ -6,6 +6,7 @@ from typing import Any
 
 from orchestrator.lifecycle import NAME_MAX
 from web.openapi_admin import ADMIN_PATHS, ADMIN_SCHEMAS
+from web.openapi_lifetime import LIFETIME_PATHS, LIFETIME_SCHEMAS
 
 _ERROR = {"description": "error", "content": {"application/json": {
     "schema": {"$ref": "#/components/schemas/Error"}}}}
@@ -83,6 +84,7 @@ def openapi_document() -> dict[str, Any]:
                         "responses": {"200": _ok({"type": "array", "items": _ref("Event")}),
                                       **_ERRORS}}},
             **ADMIN_PATHS,
+            **LIFETIME_PATHS,
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -140,6 +142,7 @@ def openapi_document() -> dict[str, Any]:
                     "at": {"type": "string"}, "kind": {"type": "string"},
                     "detail": {"type": "string"}, "user": {"type": ["string", "null"]}}},
                 **ADMIN_SCHEMAS,
+                **LIFETIME_SCHEMAS,
             },
         },
     }

@@ -25,6 +25,8 @@ from sharing.access import access_of
 from sharing.policy import Action, authorize, member_role
 from web.api import visible_instance
 from web.base import BaseHandler
+from web.lifetime_pages import lifetime_context
+from web.sharing_pages import outsider_page, sharing_context
 
 
 def safe_next(target: str | None) -> str:
@@ -123,7 +125,8 @@ class DashboardHandler(BaseHandler):
                 instance = await lifecycle.launch(
                     s, user, name=form["name"], plan_id=plan_id if plan_id else "none",
                     experiment_ids=experiment_ids, backends=self.portal.settings.backends,
-                    quota=self.portal.settings.default_quota)
+                    quota=self.portal.settings.default_quota,
+                    lifetime=self.portal.lifetime.policy if self.portal.lifetime else None)
                 await s.commit()
                 uid = instance.uid
         except RequestError as err:
@@ -140,7 +143,12 @@ class InstancePage(BaseHandler):
         who = self.principal
         assert who is not None
         async with self.portal.db.session() as s:
-            instance = await visible_instance(s, who, uid)
+            try:
+                instance = await visible_instance(s, who, uid)
+            except RequestError as err:
+                if err.status == 404 and await outsider_page(self, s, uid):
+                    return
+                raise
             access = access_of(instance)
             events: Sequence[InstanceEvent] = []
             if authorize(who, access, Action.READ_AUDIT):
@@ -149,7 +157,10 @@ class InstancePage(BaseHandler):
                                           .order_by(InstanceEvent.id.desc()).limit(50))).all()
             can = {a.value: bool(authorize(who, access, a)) for a in Action}
             self.render_page("instance.html", instance=instance, events=events, can=can,
-                             role=member_role(who, access))
+                             role=member_role(who, access),
+                             sharing=await sharing_context(s, instance, who),
+                             lifetime=await lifetime_context(self, s, instance, who),
+                             invitation=self.get_argument("invitation", ""))
 
     @tornado.web.authenticated
     async def post(self, uid: str) -> None:

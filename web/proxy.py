@@ -23,6 +23,7 @@ from tornado.httputil import HTTPHeaders, HTTPServerRequest
 from tornado.routing import Matcher, PathMatches
 
 from sharing.policy import Action, authorize
+from web import activity
 from web.auth import SESSION_COOKIE
 from web.base import BaseHandler
 from web.routes import Route
@@ -104,7 +105,9 @@ class ProxyAuth:
         route = await handler.portal.routes.get(uid)
         if route is None:
             return Refusal(404, "no such instance")
-        decision = authorize(handler.principal, route.access, self.action)
+        presence = handler.portal.presence
+        decision = authorize(handler.principal, route.access, self.action,
+                             presence.connected(uid, route.access.owner_id))
         if not decision:
             request = handler.request
             if decision.status == 401 and request.method == "GET" and not (
@@ -116,6 +119,8 @@ class ProxyAuth:
             service = "JupyterLab" if protocol == "jupyter" else "the desktop"
             return Refusal(503, f"the instance is {route.status.value.lower()}, "
                                 f"{service} is not available")
+        assert handler.principal is not None
+        presence.seen(uid, handler.principal.user_id)
         return route
 
 
@@ -146,6 +151,8 @@ class LabProxyHandler(ProxyAuth, BaseHandler):
         if isinstance(route, Refusal):
             self._refusal = route
             return
+        if activity.is_use(self.request.method, self.request.headers):
+            activity.note(self.portal.activity, self.path_args[0])
         has_body = ("Content-Length" in self.request.headers and
                     self.request.headers["Content-Length"] != "0") or (
                     "Transfer-Encoding" in self.request.headers)
@@ -284,6 +291,9 @@ class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
         return None  # relaying; compression costs latency
 
     def open(self, *args: str) -> None:
+        self.uid = args[0]
+        self.user_id = self.principal.user_id
+        self.portal.presence.opened(self.uid, self)
         self._pump = asyncio.get_running_loop().create_task(self._from_upstream())
 
     async def _from_upstream(self) -> None:
@@ -301,6 +311,7 @@ class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
     async def on_message(self, message: str | bytes) -> None:
         if self.upstream is None:
             return
+        activity.note(self.portal.activity, self.uid)
         try:
             await self.upstream.write_message(message, binary=isinstance(message, bytes))
         except tornado.websocket.WebSocketClosedError:
@@ -309,3 +320,11 @@ class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
     def on_close(self) -> None:
         if self.upstream is not None:
             self.upstream.close()
+        if hasattr(self, "user_id"):
+            self.portal.presence.closed(self.uid, self)
+
+    def revalidate(self, route: Route | None, owner_present: bool) -> None:
+        decision = authorize(self.principal, route.access, Action.OPEN_LAB, owner_present) \
+            if route is not None else None
+        if not decision:
+            self.close(4403, decision.reason if decision else "the instance is gone")

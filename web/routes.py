@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from orchestrator.db import Database
 from orchestrator.models import Instance, InstanceSecret, InstanceStatus, User
-from sharing.access import access_of
+from sharing.access import access_of, principal_for
 from sharing.policy import InstanceAccess, Principal
 
 K = TypeVar("K")
@@ -102,4 +102,4 @@ class PrincipalCache(TtlCache[int, Principal | None]):
             user = await s.get(User, user_id)
             if user is None:
                 return None
-            return Principal(user.id, user.username, frozenset(user.role_names))
+            return await principal_for(s, user)

@@ -2,6 +2,7 @@
 
 from alembic import context
 
+import sharing.models  # noqa: F401 - registers sharing's tables
 from orchestrator.models import Base
 
 config = context.config

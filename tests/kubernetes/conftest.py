@@ -142,16 +142,21 @@ def _alive(pid: int) -> bool:
         return False
 
 
+DESKTOP_SCRIPT = ROOT / "images" / "desktop" / "start-desktop.sh"
+
+
 def pod_options(env: K8sEnv) -> PodOptions:
-    """Session pods for this cluster: the venv's JupyterLab locally, an image elsewhere."""
+    """Session pods for this cluster: locally the venv's JupyterLab and the desktop image's
+    own start script (Xvnc + openbox, the light session); an image elsewhere."""
     if env.external:
         return PodOptions(identity_provider="")
     extra = ("--allow-root",) if os.geteuid() == 0 else ()  # the double runs as us
     return PodOptions(
         jupyter_command=(sys.executable, "-m", "jupyterlab"),
         jupyter_extra_args=extra,
+        desktop_command=(str(DESKTOP_SCRIPT),),
         # images.jupyter_identity must be importable by the "pod" (the double's process).
-        extra_env={"PYTHONPATH": str(ROOT)},
+        extra_env={"PYTHONPATH": str(ROOT), "ATRIUM_DESKTOP_SESSION": "openbox"},
         termination_grace_s=5,
     )
 

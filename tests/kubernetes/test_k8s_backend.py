@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import struct
 import time
 import uuid
 from dataclasses import replace
@@ -33,6 +33,7 @@ from tests.kubernetes.k8s_helpers import (
     read,
     sleeper,
 )
+from web.desktop import VncHandshakeError, vnc_connect
 
 if TYPE_CHECKING:
     from tests.kubernetes.conftest import K8sEnv
@@ -192,20 +193,29 @@ async def test_leftover_secret_is_listed_for_reconcile(
 
 async def test_desktop_and_jupyter_in_one_pod(k8s_cluster: K8sEnv, backend_factory: Any,
                                               deployment_id: str, make_spec: Any) -> None:
-    """Two containers, one pod IP: both protocols answer (the desktop is a stand-in)."""
+    """Two containers, one pod IP: the desktop image's start-desktop.sh, whose Xvnc takes
+    the instance's password exactly as the portal's bridge sends it, next to a stand-in
+    JupyterLab (a real one is served in test_jupyter_lifecycle)."""
     if k8s_cluster.external:
-        pytest.skip("the stand-in desktop is the venv's Python: local harness only")
+        pytest.skip("needs the desktop image; the kubelet double runs the script locally")
     base = backend_factory(deployment_id).settings.pod
-    desktop = (sys.executable, "-m", "http.server", "--bind", "$(POD_IP)", str(DESKTOP_PORT))
-    backend = backend_factory(deployment_id, pod=replace(base, desktop_command=desktop))
+    backend = backend_factory(deployment_id, pod=replace(
+        sleeper(base), desktop_command=base.desktop_command))
     spec = make_spec(protocols=("jupyter", "desktop"))
     state = await backend.create(spec, Checkpoints())
     try:
-        obs = await observe_until(backend, spec, state,
-                                  lambda o: o.ready == {"jupyter", "desktop"}, within=60)
+        obs = await observe_until(backend, spec, state, lambda o: o.ready == {"desktop"}
+                                  and o.processes == {"jupyter", "desktop"}, within=60)
         ip = obs.backend_state["pod_ip"]
         assert obs.endpoints == {"jupyter": f"http://{ip}:8888",
-                                 "desktop": f"http://{ip}:{DESKTOP_PORT}"}
+                                 "desktop": f"vnc://{ip}:{DESKTOP_PORT}"}
+        reader, writer = await vnc_connect(obs.endpoints["desktop"],
+                                           spec.secrets["vnc_password"])
+        writer.write(b"\x01")  # ClientInit (shared): the server describes its screen
+        assert struct.unpack(">HH", (await reader.readexactly(24))[:4]) == (1280, 800)
+        writer.close()
+        with pytest.raises(VncHandshakeError, match="refused"):
+            await vnc_connect(obs.endpoints["desktop"], "wrong-pw")
         managed = await backend.list_managed()
         assert set(managed[spec.uid].endpoints) == {"jupyter", "desktop"}
         assert obs.processes == managed[spec.uid].processes == {"jupyter", "desktop"}

@@ -17,6 +17,7 @@ from spawners.base import (
     ResourceState,
 )
 from spawners.k8s_manifests import (
+    DESKTOP_PORT,
     IDENTITY_PROVIDER,
     Placement,
     PodOptions,
@@ -153,15 +154,21 @@ def test_placement_per_flavour() -> None:
     assert "nodeSelector" not in plain["spec"] and "tolerations" not in plain["spec"]
 
 
-def test_desktop_needs_a_command_and_gets_the_vnc_password() -> None:
+def test_desktop_runs_the_image_script_and_gets_the_vnc_password() -> None:
     with pytest.raises(ValueError):
-        make_pod(spec(protocols=("desktop",)), "d", "ns", PodOptions())
-    pod = make_pod(spec(protocols=("jupyter", "desktop")), "d", "ns",
-                   PodOptions(desktop_command=("start-desktop",)))
+        make_pod(spec(protocols=("desktop",)), "d", "ns", PodOptions(desktop_command=()))
+    pod = make_pod(spec(protocols=("jupyter", "desktop")), "d", "ns", PodOptions())
     desktop = next(c for c in pod["spec"]["containers"] if c["name"] == "desktop")
-    assert desktop["args"] == ["start-desktop"]
-    assert "VNC_PASSWORD" in {e["name"] for e in desktop["env"]}
+    # images/desktop/start-desktop.sh, where images/desktop/Dockerfile installs it.
+    assert desktop["args"] == ["/usr/local/bin/start-desktop.sh",
+                               f"--listen=$(POD_IP):{DESKTOP_PORT}"]
+    password = next(e for e in desktop["env"] if e["name"] == "VNC_PASSWORD")
+    assert password["valueFrom"]["secretKeyRef"]["key"] == "vnc_password"
+    assert desktop["readinessProbe"]["tcpSocket"]["port"] == DESKTOP_PORT
+    assert desktop["resources"] == {}  # the pod's resources are claimed by JupyterLab
     assert pod_protocols(pod) == ("jupyter", "desktop")
+    alone = make_pod(spec(protocols=("desktop",)), "d", "ns", PodOptions())
+    assert alone["spec"]["containers"][0]["resources"]["limits"]["cpu"]
 
 
 def test_invalid_uid_or_deployment_rejected() -> None:
@@ -213,6 +220,9 @@ def test_classify_running() -> None:
         {"name": "desktop", "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]})) == {
         "jupyter"}
     assert endpoints(view.pod_ip, ("jupyter",)) == {"jupyter": "http://10.0.0.5:8888"}
+    # The desktop speaks RFB: vnc:// as on the local backend (the bridge connects to it).
+    assert endpoints(view.pod_ip, ("jupyter", "desktop"), host="s.ns.svc") == {
+        "jupyter": "http://s.ns.svc:8888", "desktop": f"vnc://s.ns.svc:{DESKTOP_PORT}"}
 
 
 def test_classify_pending_states() -> None:

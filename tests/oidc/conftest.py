@@ -18,8 +18,8 @@ import pytest
 from tests.conftest import AtriumServer, Databases, free_port, need
 from tests.harness.oidc import (
     OidcProvider,
-    ProviderUnavailable,
     ProviderClient,
+    ProviderUnavailable,
     ProviderUser,
     install,
 )
@@ -36,10 +36,11 @@ def provider_users() -> list[ProviderUser]:
         ProviderUser("carol", "carol-pw", "Carol Chen", "carol@example.org",
                  ["/beamline-staff", "/scientists"]),
         ProviderUser("admin", "admin-pw", "Ada Admin", "admin@example.org", ["atrium-admins"]),
-        ProviderUser("dave", "dave-pw", "Dave Dunn", "dave@example.org", ["it-support"]),
-        ProviderUser("erin", "erin-pw", "Erin Evans", "erin@example.org", []),
-        ProviderUser("frank", "frank-pw", "Frank Fox", "frank@example.org", []),
-        ProviderUser("gina", "gina-pw", "Gina Gray", "gina@example.org", []),
+        # Not in the user office's list: created at first login.
+        ProviderUser("oidc.hana", "hana-pw", "Hana Hill", "hana@example.org", ["it-support"]),
+        ProviderUser("oidc.ivan", "ivan-pw", "Ivan Ide", "ivan@example.org", []),
+        ProviderUser("oidc.judy", "judy-pw", "Judy Jones", "judy@example.org", []),
+        ProviderUser("oidc.kim", "kim-pw", "Kim Kerr", "kim@example.org", []),
         ProviderUser("bad name", "x", "Bad Name", "bad@example.org", []),
     ]
 
@@ -67,7 +68,8 @@ def start_stack(databases: Databases, tmp: Path, modules: Path, **env: str) -> O
     server = AtriumServer(databases.new(), tmp / "atrium", **{
         "ATRIUM_DEMO_MODE": "false", "ATRIUM_COOKIE_SECRET": COOKIE_SECRET, **env})
     client = ProviderClient("atrium", secrets.token_urlsafe(24),
-                        [f"{server.url}/login/oidc/callback"], [f"{server.url}/logout/done"])
+                            [f"{server.url}/login/oidc/callback"], [f"{server.url}/logout/done"],
+                            f"{server.url}/login/oidc/backchannel-logout")
     provider = OidcProvider(modules, tmp / "provider", free_port(), provider_users(), [client])
     try:
         provider.start()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from typing import Any
 
 import httpx
 import pytest
+from joserfc import jwt
+from joserfc.jwk import RSAKey
 
 from tests.oidc.conftest import (
     RECHECK,
@@ -24,32 +27,32 @@ def me(client: httpx.Client) -> httpx.Response:
 
 
 def test_first_login_creates_the_user_with_mapped_roles(oidc: OidcStack) -> None:
-    client = login(oidc, "dave")
+    client = login(oidc, "oidc.hana")
     r = me(client)
     assert r.status_code == 200, r.text
-    assert r.json() == {"id": r.json()["id"], "username": "dave", "email": "dave@example.org",
-                        "name": "Dave Dunn", "roles": ["SUPPORT"]}
+    assert r.json() == {"id": r.json()["id"], "username": "oidc.hana", "email": "hana@example.org",
+                        "name": "Hana Hill", "roles": ["SUPPORT"]}
     page = client.get("/")
     assert page.status_code == 200 and "My instances" in page.text
-    assert "dave · support" in page.text
+    assert "oidc.hana · support" in page.text
     cookie = next(c for c in client.cookies.jar if c.name == "atrium_session")
     assert cookie.has_nonstandard_attr("HttpOnly")
     assert cookie.get_nonstandard_attr("SameSite") == "Lax"
 
 
 def test_a_later_login_updates_name_email_and_roles(oidc: OidcStack) -> None:
-    login(oidc, "erin")
-    oidc.provider.update_user("erin", name="Erin Evans-Smith", email="erin@new.example.org",
+    login(oidc, "oidc.ivan")
+    oidc.provider.update_user("oidc.ivan", name="Ivan Ide-Smith", email="ivan@new.example.org",
                               groups=["atrium-admins", "beamline-staff"])
     try:
-        r = me(login(oidc, "erin"))
-        assert r.json()["name"] == "Erin Evans-Smith"
-        assert r.json()["email"] == "erin@new.example.org"
+        r = me(login(oidc, "oidc.ivan"))
+        assert r.json()["name"] == "Ivan Ide-Smith"
+        assert r.json()["email"] == "ivan@new.example.org"
         assert r.json()["roles"] == ["ADMIN", "STAFF"]
-        oidc.provider.update_user("erin", groups=[])
-        assert me(login(oidc, "erin")).json()["roles"] == []  # the provider took them away
+        oidc.provider.update_user("oidc.ivan", groups=[])
+        assert me(login(oidc, "oidc.ivan")).json()["roles"] == []  # the provider took them away
     finally:
-        oidc.provider.update_user("erin", groups=[])
+        oidc.provider.update_user("oidc.ivan", groups=[])
 
 
 def test_user_office_accounts_are_linked_by_username(oidc: OidcStack) -> None:
@@ -101,9 +104,9 @@ TAMPERED: list[tuple[dict[str, Any], str]] = [
                               "nonce", "replayed", "no-subject"])
 def test_a_bad_id_token_is_refused_with_a_clear_message(oidc: OidcStack, change: dict[str, Any],
                                                         words: str) -> None:
-    login(oidc, "frank")  # a genuine token exists to replay
+    login(oidc, "oidc.judy")  # a genuine token exists to replay
     client = browser(oidc)
-    url = to_callback(oidc, client, "frank")
+    url = to_callback(oidc, client, "oidc.judy")
     oidc.provider.tamper(**change)
     r = client.get(url)
     assert r.status_code == 403, r.text[:500]
@@ -131,7 +134,7 @@ def test_a_replayed_answer_is_refused(oidc: OidcStack) -> None:
 def test_an_answer_from_another_browser_is_refused(oidc: OidcStack) -> None:
     """Login CSRF: an attacker's own callback URL opened in the victim's browser."""
     attacker = browser(oidc)
-    url = to_callback(oidc, attacker, "frank")
+    url = to_callback(oidc, attacker, "oidc.judy")
     victim = browser(oidc)
     r = victim.get(url)
     assert r.status_code == 400 and "was not started in this browser" in r.text
@@ -173,14 +176,63 @@ def test_logout_ends_the_atrium_and_the_provider_session(oidc: OidcStack) -> Non
     assert r.status_code == 200 and 'name="password"' in r.text
 
 
-def test_a_provider_session_ended_elsewhere_ends_the_atrium_login(oidc: OidcStack) -> None:
+def test_a_logout_elsewhere_ends_the_atrium_login_at_once(oidc: OidcStack) -> None:
+    """Back-channel logout: the provider tells Atrium when its session ends."""
     client = login(oidc, "alice")
+    other = login(oidc, "carol")
     assert me(client).status_code == 200
     end_provider_session(oidc, client)  # e.g. logout in another application
-    time.sleep(RECHECK + 0.5)
+    assert me(client).status_code == 401
     r = client.get("/")
     assert r.status_code == 302 and r.headers["location"].startswith("/login")
-    assert me(client).status_code == 401
+    assert me(other).status_code == 200  # only that provider session
+
+
+def test_without_back_channel_the_periodic_check_ends_the_login(oidc: OidcStack) -> None:
+    oidc.provider.backchannel(False)
+    try:
+        client = login(oidc, "alice")
+        end_provider_session(oidc, client)
+        time.sleep(RECHECK + 0.5)
+        r = client.get("/")
+        assert r.status_code == 302 and r.headers["location"].startswith("/login")
+        assert me(client).status_code == 401
+    finally:
+        oidc.provider.backchannel(True)
+
+
+def logout_token(oidc: OidcStack, key: Any = None, **changes: Any) -> str:
+    now = int(time.time())
+    claims = {"iss": oidc.provider.issuer, "aud": "atrium", "iat": now, "exp": now + 120,
+              "jti": secrets.token_hex(8), "sub": oidc.provider.users["oidc.kim"].sub,
+              "events": {"http://schemas.openid.net/event/backchannel-logout": {}}, **changes}
+    claims = {k: v for k, v in claims.items() if v is not None}
+    return jwt.encode({"alg": "RS256", "kid": "test-key-1"}, claims, key or oidc.provider.key)
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"key": RSAKey.generate_key(2048)}, "signature does not verify"),
+    ({"events": None, "nonce": "n"}, "lacks the back-channel logout event"),
+    ({"nonce": "n"}, "must not carry a nonce"),
+    ({"iat": 1_000_000_000, "exp": 4_000_000_000}, "too old"),
+    ({"aud": "someone-else"}, "issued for another application"),
+    ({"sub": None}, "names neither a session nor a subject"),
+])
+def test_a_bad_logout_token_is_refused(oidc: OidcStack, changes: dict[str, Any],
+                                       words: str) -> None:
+    client = login(oidc, "oidc.kim")
+    r = httpx.post(f"{oidc.url}/login/oidc/backchannel-logout",
+                   data={"logout_token": logout_token(oidc, **changes)})
+    assert r.status_code == 400 and words in r.json()["error_description"], r.text
+    assert me(client).status_code == 200
+
+
+def test_a_logout_token_by_subject_ends_every_login_of_the_user(oidc: OidcStack) -> None:
+    first, second = login(oidc, "oidc.kim"), login(oidc, "oidc.kim")
+    r = httpx.post(f"{oidc.url}/login/oidc/backchannel-logout",
+                   data={"logout_token": logout_token(oidc)})
+    assert r.status_code == 200, r.text
+    assert me(first).status_code == 401 and me(second).status_code == 401
 
 
 def test_a_live_provider_session_keeps_the_login(oidc: OidcStack) -> None:

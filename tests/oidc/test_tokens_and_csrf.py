@@ -70,7 +70,7 @@ def test_token_lifecycle_through_the_api(oidc: OidcStack) -> None:
 
 
 def test_token_lifecycle_through_the_page(oidc: OidcStack) -> None:
-    client = login(oidc, "dave")
+    client = login(oidc, "oidc.hana")
     r = client.post("/tokens", data={"action": "create", "name": "laptop",
                                      "expires_in_days": "", "_xsrf": xsrf(client)})
     assert r.status_code == 201 and r.headers["Cache-Control"] == "no-store"

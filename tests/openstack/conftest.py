@@ -19,22 +19,39 @@ from tests.harness.openstack.bootstrap import CloudSettings
 from tests.harness.openstack.cloud import LocalCloud, install
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Hide openstacksdk's deprecation chatter (not ours) in this directory's tests."""
+    here = os.path.dirname(__file__)
+    for item in items:
+        if str(item.path).startswith(here):
+            item.add_marker(pytest.mark.filterwarnings("ignore::DeprecationWarning"))
+            item.add_marker(pytest.mark.filterwarnings("ignore::PendingDeprecationWarning"))
+
+
 @pytest.fixture(scope="session")
-def openstack_cloud(request: pytest.FixtureRequest) -> Iterator[CloudSettings]:
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    cloud: LocalCloud | None = None
+def openstack_harness(request: pytest.FixtureRequest) -> Iterator[LocalCloud]:
+    """The running cloud itself (for tests that stop and start its services)."""
+    cloud = None
     try:
         cloud = LocalCloud(install())
-        settings = cloud.start()
+        cloud.start()
     except Exception as err:
         message = f"the OpenStack test cloud could not be started: {err}"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
-        reporter.write_line(f"\nopenstack harness up: {cloud.timings} ({cloud.run_dir})")
-    yield settings
+        reporter.write_line(f"openstack harness up: {cloud.timings} ({cloud.run_dir})")
+    yield cloud
     cloud.stop()
+
+
+@pytest.fixture(scope="session")
+def openstack_cloud(openstack_harness: LocalCloud) -> CloudSettings:
+    """Connection settings (auth url, project, user, password) and bootstrap ids."""
+    assert openstack_harness.settings is not None
+    return openstack_harness.settings
 
 
 def make_backend(cloud: CloudSettings, deployment_id: str, **kwargs: object) -> OpenStackBackend:

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from spawners.base import (
+    BackendError,
     BackendState,
     DataMount,
     InstanceSpec,
@@ -24,13 +25,7 @@ from spawners.openstack import OpenStackBackend, tag
 from tests.harness.openstack.bootstrap import CloudSettings
 from tests.openstack.conftest import make_backend
 
-pytestmark = [
-    pytest.mark.timeout(240),
-    # openstacksdk's own deprecation chatter, not ours
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:openstack"),
-    pytest.mark.filterwarnings("ignore:.*:openstack.warnings.OpenStackDeprecationWarning"),
-    pytest.mark.filterwarnings("ignore:.*API_VERSION with 'latest':UserWarning"),
-]
+pytestmark = pytest.mark.timeout(240)
 
 
 def make_spec(cloud: CloudSettings, uid: str, *, big: bool = False) -> InstanceSpec:
@@ -108,6 +103,9 @@ async def test_lifecycle(openstack_cloud: CloudSettings, backend: OpenStackBacke
     state = await backend.start(spec, state, checkpoints)
     await wait_for(backend, spec, state, ResourceState.RUNNING)
 
+    state = await backend.reboot(spec, state, checkpoints)
+    await wait_for(backend, spec, state, ResourceState.RUNNING, ready="jupyter")
+
     await backend.delete(spec.uid, state)
     seen = await backend.observe(spec.uid, state, spec.secrets, spec.protocols)
     assert seen.state is ResourceState.GONE
@@ -181,3 +179,19 @@ async def test_create_is_idempotent(openstack_cloud: CloudSettings,
     assert set(managed) == {"idem-1"}
     await backend.delete(spec.uid, first)
     assert tagged_servers(openstack_cloud, spec.uid) == []
+
+
+async def test_server_deleted_behind_atriums_back_is_gone(
+        openstack_cloud: CloudSettings, backend: OpenStackBackend) -> None:
+    spec = make_spec(openstack_cloud, "vanish-1")
+    state = await backend.create(spec, Checkpoints())
+    await wait_for(backend, spec, state, ResourceState.RUNNING)
+    with openstack_cloud.connect() as conn:  # someone else deletes it
+        conn.compute.delete_server(state["server_id"])
+        conn.compute.wait_for_delete(conn.compute.get_server(state["server_id"]), wait=60)
+    seen = await backend.observe(spec.uid, state, spec.secrets, spec.protocols)
+    assert seen.state is ResourceState.GONE
+    assert await backend.list_managed() == {}
+    with pytest.raises(BackendError, match="no longer exists"):
+        await backend.start(spec, state, Checkpoints())
+    await backend.delete(spec.uid, state)  # nothing to delete: still fine

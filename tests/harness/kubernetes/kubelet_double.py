@@ -18,13 +18,20 @@ What it does, per pod the real scheduler binds to its node:
   ``RunContainerError``; an exit under ``restartPolicy: Always`` -> ``lastState.terminated``
   + waiting ``CrashLoopBackOff`` and a restart after an exponential back-off; under
   ``Never`` -> terminated and phase ``Failed``/``Succeeded``;
+* mounts ``hostPath`` volumes: each pod gets a sandbox directory whose ``home/`` stands for
+  the container's ``workingDir`` (it is the processes' cwd and ``HOME``); a hostPath volume
+  mounted under it (``subPath`` honoured) is bind-mounted there in a private mount namespace
+  of the container (``unshare``), remounted read-only for ``readOnly`` mounts, so writes
+  fail with EROFS as in a real pod. This needs root; without it the mount point is a
+  symlink to the host path and only the host's file permissions protect it. A missing
+  ``type: Directory`` path keeps the container waiting (``ContainerCreating``), as on a node;
 * on deletion (``deletionTimestamp``) SIGTERMs the process groups, SIGKILLs them after the
   grace period, then deletes the pod with ``grace_period_seconds=0``.
 
 Deliberate differences from a kubelet: the image is ignored (an empty ``command`` means
 ``args`` is the whole argv), processes run as the double's own user with its environment
-as the base, ``workingDir`` and volumes are ignored (each pod gets a sandbox directory used
-as cwd and ``HOME``), resources are not enforced.
+as the base, volumes other than ``hostPath`` are plain sandbox directories (emptyDir) or
+ignored (nfs, PVCs), resources are not enforced.
 """
 
 from __future__ import annotations
@@ -43,15 +50,20 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from tests.harness.kubernetes.podtools import (
+    Conditions,
+    can_bind_mount,
     expand,
+    host_mounts,
+    in_mount_namespace,
     kill_tree,
+    prepare_mounts,
     process_tree,
     timestamp,
     watch_events,
@@ -78,20 +90,6 @@ class _Container:
     next_probe: float = 0.0
 
 
-@dataclass
-class _Conditions:
-    values: dict[str, tuple[str, str]] = field(default_factory=dict)  # type -> (status, time)
-
-    def set(self, kind: str, status: bool) -> None:
-        text = "True" if status else "False"
-        if self.values.get(kind, ("", ""))[0] != text:
-            self.values[kind] = (text, timestamp())
-
-    def render(self) -> list[Json]:
-        return [{"type": k, "status": s, "lastTransitionTime": t, "lastProbeTime": None}
-                for k, (s, t) in self.values.items()]
-
-
 class _PodRunner(threading.Thread):
     """Runs one pod until told to stop; owns its processes."""
 
@@ -109,7 +107,7 @@ class _PodRunner(threading.Thread):
         self.containers = [_Container(spec=c) for c in pod["spec"]["containers"]]
         self.policy: str = pod["spec"].get("restartPolicy", "Always")
         self.start_time = timestamp()
-        self.conditions = _Conditions()
+        self.conditions = Conditions()
         self._stop = threading.Event()
         self._delete_grace: float | None = None  # set: terminate, then delete the pod
         self._grace = 2.0
@@ -166,10 +164,18 @@ class _PodRunner(threading.Thread):
             return
         argv = [expand(a, env) for a in [*(c.spec.get("command") or []),
                                          *(c.spec.get("args") or [])]]
+        mounts = host_mounts(self.pod["spec"], c.spec, self.sandbox)
+        problem = prepare_mounts(mounts, self.kubelet.bind_mounts)
+        if problem:
+            c.waiting = ("ContainerCreating", problem)  # the kubelet retries the mount
+            c.next_start = now + 1.0
+            return
         log = open(self.sandbox / f"{name}.log", "ab")  # the child inherits it
         try:
             if not argv:
                 raise OSError("no command: the kubelet double ignores image entrypoints")
+            if mounts and self.kubelet.bind_mounts:
+                argv = in_mount_namespace(argv, mounts, env.get("PATH", ""))
             c.proc = subprocess.Popen(argv, env=env, cwd=self.sandbox / "home",
                                       stdin=subprocess.DEVNULL, stdout=log,
                                       stderr=subprocess.STDOUT, start_new_session=True)
@@ -387,6 +393,7 @@ class KubeletDouble:
         self._own_sandbox = sandbox_root is None
         self.sandbox_root = sandbox_root or Path(tempfile.mkdtemp(prefix="atrium-kubelet-"))
         self.backoff_base = backoff_base
+        self.bind_mounts = can_bind_mount()  # see podtools.prepare_mounts otherwise
         self.log = log or (lambda msg: None)
         self.runners: dict[str, _PodRunner] = {}  # pod uid ->
         self.pids_started: list[int] = []

@@ -58,14 +58,19 @@ class ProviderClient:
     client_secret: str
     redirect_uris: list[str]
     post_logout_redirect_uris: list[str]
+    backchannel_logout_uri: str = ""
 
     def as_json(self) -> dict[str, Any]:
-        return {"client_id": self.client_id, "client_secret": self.client_secret,
-                "redirect_uris": self.redirect_uris,
-                "post_logout_redirect_uris": self.post_logout_redirect_uris,
-                "grant_types": ["authorization_code", "refresh_token"],
-                "response_types": ["code"],
-                "token_endpoint_auth_method": "client_secret_basic"}
+        client: dict[str, Any] = {
+            "client_id": self.client_id, "client_secret": self.client_secret,
+            "redirect_uris": self.redirect_uris,
+            "post_logout_redirect_uris": self.post_logout_redirect_uris,
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"], "token_endpoint_auth_method": "client_secret_basic"}
+        if self.backchannel_logout_uri:
+            client.update(backchannel_logout_uri=self.backchannel_logout_uri,
+                          backchannel_logout_session_required=True)
+        return client
 
 
 class OidcProvider:
@@ -140,6 +145,11 @@ class OidcProvider:
         """Make the NEXT token response carry a changed ID token (see provider.mjs)."""
         body = {"set": set or {}, "unset": unset or [], "sign": sign, "replay": replay}
         httpx.post(f"{self.issuer}/test/tamper", json=body, timeout=10).raise_for_status()
+
+    def backchannel(self, enabled: bool) -> None:
+        """Send back-channel logouts to the clients (the default) or not."""
+        httpx.post(f"{self.issuer}/test/backchannel", json={"enabled": enabled},
+                   timeout=10).raise_for_status()
 
     def update_user(self, username: str, **claims: Any) -> None:
         """Change ``name``, ``email`` or ``groups`` of a user at the provider."""

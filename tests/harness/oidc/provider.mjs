@@ -14,9 +14,11 @@
 //       "none", replay?: true} - the NEXT token response carries an ID token changed so
 //       (re-signed with the provider's own key, a rogue key with the same kid, or unsigned;
 //       or the previous login's ID token, replayed);
-//     POST /test/users/<username> {name?, email?, groups?} - change a user's claims.
+//     POST /test/users/<username> {name?, email?, groups?} - change a user's claims;
+//     POST /test/backchannel {enabled} - send back-channel logouts or not (default: on).
 // Refresh tokens are issued without offline_access and die with the provider session, as
-// Keycloak's do: that is how a relying party notices the provider session has ended.
+// Keycloak's do: that is how a relying party notices the provider session has ended
+// (besides back-channel logout, which tells it at once).
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -67,11 +69,19 @@ const provider = new Provider(cfg.issuer, {
     };
   },
   pkce: { required: () => true },
+  // The relying parties of this test provider live on loopback, which oidc-provider's
+  // SSRF guard refuses to call (back-channel logout): drop the guard here, only here.
+  fetch: (url, options) => globalThis.fetch(url, { ...options, dispatcher: undefined }),
   issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
   interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
+  ttl: {
+    Interaction: 600, Session: 86400, Grant: 86400, AccessToken: 3600, RefreshToken: 86400,
+    IdToken: 3600,
+  },
   features: {
     devInteractions: { enabled: false },
     revocation: { enabled: true },
+    backchannelLogout: { enabled: true },
     rpInitiatedLogout: {
       enabled: true,
       // Confirm at once, as Keycloak does for a logout carrying id_token_hint.
@@ -90,6 +100,17 @@ i.type = 'hidden'; i.name = 'logout'; i.value = 'yes'; f.appendChild(i); f.submi
     ctx.type = 'html';
     ctx.body = page('Provider error', `<pre>${esc(JSON.stringify(out))}</pre>`);
   },
+});
+
+// Back-channel logout can be switched off, to play a provider without it (or whose call
+// was lost), so that the relying party's periodic check is what notices.
+let backchannel = true;
+const sendBackchannel = provider.Client.prototype.backchannelLogout;
+provider.Client.prototype.backchannelLogout = async function backchannelLogout(...args) {
+  if (backchannel) await sendBackchannel.apply(this, args);
+};
+provider.on('backchannel.error', (_ctx, err, client) => {
+  console.error(`back-channel logout to ${client.clientId} failed: ${err.message}`);
 });
 
 const b64url = (buf) => Buffer.from(buf).toString('base64url');
@@ -178,6 +199,10 @@ async function testControl(req, res, url) {
   const body = JSON.parse((await readBody(req)) || '{}');
   if (url.pathname === '/test/tamper') {
     tamper = body;
+    return send(res, 200, 'application/json', '{"ok":true}');
+  }
+  if (url.pathname === '/test/backchannel') {
+    backchannel = Boolean(body.enabled);
     return send(res, 200, 'application/json', '{"ok":true}');
   }
   const user = users.get(decodeURIComponent(url.pathname.slice('/test/users/'.length)));

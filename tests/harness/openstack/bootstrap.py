@@ -71,16 +71,15 @@ class CloudSettings:
         if admin:
             auth.update(username=self.admin_username, password=self.admin_password,
                         project_name=self.admin_project_name)
-        return openstack.connection.Connection(region_name=self.region_name, auth=auth,
-                                               compute_api_version="2.latest")
+        return openstack.connection.Connection(region_name=self.region_name, auth=auth)
 
     def as_dict(self) -> dict[str, str]:
         return asdict(self)
 
 
-def _admin(auth_url: str, password: str) -> openstack.connection.Connection:
+def _admin(auth_url: str, password: str, **options: str) -> openstack.connection.Connection:
     return openstack.connection.Connection(
-        region_name=REGION, compute_api_version="2.latest",
+        region_name=REGION, **options,
         auth={"auth_url": auth_url, "username": "admin", "password": password,
               "project_name": "admin", "user_domain_name": "Default",
               "project_domain_name": "Default"})
@@ -93,7 +92,8 @@ def keystone_catalogue(auth_url: str, password: str, service_users: Iterable[str
     ``endpoints`` maps service type to (service name, URL); each gets a public and an
     internal endpoint (services look up "internal" first, clients "public").
     """
-    conn = _admin(auth_url, password)
+    # the catalogue's identity URL may be a placeholder (template seeding): talk to auth_url
+    conn = _admin(auth_url, password, identity_endpoint_override=auth_url)
     idn = conn.identity
     service_project = idn.create_project(name="service", domain_id="default")
     admin_role = idn.find_role("admin", ignore_missing=False)

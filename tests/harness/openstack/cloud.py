@@ -44,6 +44,16 @@ HERE = Path(__file__).resolve().parent
 RUN_BASE = Path(os.environ.get("ATRIUM_OS_RUN_BASE", "/tmp/atrium-openstack"))
 PASSWORD = "secret"  # service users' password: loopback-only throw-away cloud
 SERVICE_USERS = ("nova", "placement", "glance", "neutron")
+# Keystone's template database holds the catalogue with these placeholder hosts; each cloud
+# rewrites them to its own ports. Bump SEED_VERSION when _seed_keystone changes.
+SEED_VERSION = "1"
+PLACEHOLDER = "http://{}.atrium-harness.invalid"
+CATALOGUE = {  # service type -> (service name = key of LocalCloud.ports, URL path)
+    "compute": ("nova", "/v2.1"),
+    "placement": ("placement", ""),
+    "image": ("glance", ""),
+    "network": ("neutron", ""),
+}
 
 
 def default_venv() -> Path:
@@ -112,7 +122,7 @@ class LocalCloud:
             self._prepare()
             self._mark("databases ready", t0)
             with ThreadPoolExecutor(max_workers=5, thread_name_prefix="os-up") as pool:
-                futures = [pool.submit(chain) for chain in (
+                futures = [pool.submit(self._timed, chain, t0) for chain in (
                     self._keystone, self._glance, self._placement, self._neutron,
                     self._nova_control)]
                 for fut in futures:
@@ -137,11 +147,45 @@ class LocalCloud:
         procs.stop_groups(services, procs.groups_tagged(self.run_dir), grace=3)
         # a session process may have been started while we were stopping nova-compute
         procs.stop_groups([], procs.groups_tagged(self.run_dir), grace=2)
+        vhost = None
+        if self._vhost_created:  # rabbitmqctl is slow to start: overlap it with the drops
+            vhost = threading.Thread(target=procs.delete_vhost, args=(self.vhost,))
+            vhost.start()
         procs.drop_databases(list(self.dbs.values()))
-        if self._vhost_created:
-            procs.delete_vhost(self.vhost)
+        if vhost is not None:
+            vhost.join()
         if os.environ.get("ATRIUM_OS_KEEP") != "1":
             shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    # -- outages, for tests of how clients cope ------------------------------------------
+
+    def _service(self, name: str) -> procs.Service:
+        with self._lock:
+            for svc in self.services:
+                if svc.name == name:
+                    return svc
+        raise HarnessError(f"no service {name!r} in this cloud")
+
+    def stop_service(self, name: str) -> None:
+        """Kill one API (e.g. "nova-api", "keystone") to simulate an outage."""
+        procs.stop_groups([self._service(name)], grace=2)
+
+    def start_service(self, name: str, timeout: float = 90) -> None:
+        """Start a service stopped by :meth:`stop_service` again; wait until it answers."""
+        old = self._service(name)
+        if old.proc.poll() is None:
+            return
+        new = old.respawn()
+        with self._lock:
+            self.services[self.services.index(old)] = new
+        self._write_session()
+        port = {"nova-api": "nova"}.get(name, name)
+        if port in self.ports:
+            self._wait_http(new, self.ports[port], timeout)
+
+    def _timed(self, chain: Callable[[], None], t0: float) -> None:
+        chain()
+        self._mark(chain.__name__.strip("_"), t0)
 
     def _mark(self, what: str, t0: float) -> None:
         self.timings[what] = round(time.monotonic() - t0, 1)
@@ -152,11 +196,17 @@ class LocalCloud:
         for d in (self.etc, self.logs, self.data / "locks", self.data / "neutron",
                   self.data / "nova" / "instances"):
             d.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "session.json").write_text(json.dumps({
-            "owner_pid": os.getpid(), "databases": list(self.dbs.values()),
-            "vhost": self.vhost}))
-        templates = schema.ensure_templates(self.venv, self._render, default_venv().parent,
-                                            self._env())
+        self._write_session()
+        # what `keystone-manage fernet_setup` / `credential_setup` would write
+        for repo in ("fernet-keys", "credential-keys"):
+            (self.data / repo).mkdir(mode=0o700)
+            for index in ("0", "1"):
+                key = self.data / repo / index
+                key.write_bytes(base64.urlsafe_b64encode(os.urandom(32)))
+                key.chmod(0o600)
+        templates = schema.ensure_templates(
+            self.venv, self._render, default_venv().parent, self._env(),
+            seed=self._seed_keystone, seed_key=SEED_VERSION)
         schema.clone(templates, self.dbs)
         self._vhost_created = procs.create_vhost(self.vhost)
         self._render(self.etc, self.dbs)
@@ -170,13 +220,48 @@ class LocalCloud:
             f" (now(), '{uuid.uuid4()}', 'cell1', '{self._transport_url()}',"
             f" '{procs.pg_url(self.dbs['nova_cell1'])}', false)",
             db=self.dbs["nova_api"])
-        # what `keystone-manage fernet_setup` / `credential_setup` would write
-        for repo in ("fernet-keys", "credential-keys"):
-            (self.data / repo).mkdir(mode=0o700)
-            for index in ("0", "1"):
-                key = self.data / repo / index
-                key.write_bytes(base64.urlsafe_b64encode(os.urandom(32)))
-                key.chmod(0o600)
+        # the seeded catalogue, pointed at this cloud's ports
+        url = "url"
+        for name in ("keystone", *(name for name, _ in CATALOGUE.values())):
+            url = (f"replace({url}, '{PLACEHOLDER.format(name)}',"
+                   f" 'http://127.0.0.1:{self.ports[name]}')")
+        procs.psql(f"UPDATE endpoint SET url = {url}", db=self.dbs["keystone"])
+
+    def _seed_keystone(self, etc: Path, dbs: dict[str, str]) -> None:
+        """Seed Keystone's template: admin, service users and roles, the catalogue.
+
+        Runs once per template (not per cloud): `keystone-manage bootstrap`, then a
+        short-lived Keystone on a spare port for the API calls. URLs are placeholders.
+        """
+        identity = PLACEHOLDER.format("keystone") + "/v3"
+        procs.run([self._bin("keystone-manage"), "--config-file", str(etc / "keystone.conf"),
+                   "bootstrap", "--bootstrap-password", PASSWORD,
+                   "--bootstrap-admin-url", identity, "--bootstrap-internal-url", identity,
+                   "--bootstrap-public-url", identity, "--bootstrap-region-id", "RegionOne"],
+                  log=self.logs / "keystone-seed.log", env=self._env())
+        port = procs.free_port()
+        seeder = procs.Service(
+            "keystone-seed", self._gunicorn_argv(port),
+            env=self._env(ATRIUM_OS_SERVICE="keystone", ATRIUM_OS_ETC=str(etc)),
+            log=self.logs / "keystone-seed.out", cwd=self.run_dir)
+        try:
+            self._wait_http(seeder, port)
+            bootstrap.keystone_catalogue(
+                f"http://127.0.0.1:{port}/v3", PASSWORD, SERVICE_USERS,
+                {kind: (name, PLACEHOLDER.format(name) + path)
+                 for kind, (name, path) in CATALOGUE.items()})
+        finally:
+            procs.stop_groups([seeder], grace=2)
+
+    def _write_session(self) -> None:
+        """What reap_stale_sessions needs if this process dies without stop()."""
+        with self._lock:
+            groups = [[svc.pid, svc.start_ticks] for svc in self.services]
+            tmp = self.run_dir / "session.json.tmp"
+            tmp.write_text(json.dumps({
+                "owner_pid": os.getpid(), "owner_ticks": procs.start_ticks(os.getpid()),
+                "databases": list(self.dbs.values()), "vhost": self.vhost, "groups": groups}))
+            tmp.replace(self.run_dir / "session.json")
 
     def _transport_url(self) -> str:
         return procs.rabbit_url(self.vhost if self._vhost_created else "")
@@ -221,12 +306,16 @@ class LocalCloud:
                             log=self.logs / f"{name}.out", cwd=self.run_dir)
         with self._lock:
             self.services.append(svc)
+        self._write_session()
         return svc
 
+    def _gunicorn_argv(self, port: int) -> list[str]:
+        return [self._bin("gunicorn"), "--no-control-socket", "-w", "1", "--threads", "4",
+                "--timeout", "120", "--graceful-timeout", "2", "-b", f"127.0.0.1:{port}",
+                "--chdir", str(HERE), "wsgi_app:application"]
+
     def _gunicorn(self, service: str, port: int) -> procs.Service:
-        argv = [self._bin("gunicorn"), "--no-control-socket", "-w", "1", "--threads", "4",
-                "--timeout", "120", "--graceful-timeout", "2", "-b", f"127.0.0.1:{port}", "--chdir", str(HERE),
-                "wsgi_app:application"]
+        argv = self._gunicorn_argv(port)
         return self._spawn(service, argv, ATRIUM_OS_SERVICE=service,
                            ATRIUM_OS_ETC=str(self.etc))
 
@@ -240,20 +329,9 @@ class LocalCloud:
     # -- one chain per service (run in parallel) ----------------------------------------
 
     def _keystone(self) -> None:
-        url = f"http://127.0.0.1:{self.ports['keystone']}/v3"
-        self._run("keystone", self._bin("keystone-manage"), "--config-file",
-                  str(self.etc / "keystone.conf"), "bootstrap",
-                  "--bootstrap-password", PASSWORD, "--bootstrap-admin-url", url,
-                  "--bootstrap-internal-url", url, "--bootstrap-public-url", url,
-                  "--bootstrap-region-id", "RegionOne")
+        # admin, service users and catalogue come with the template database
         self._wait_http(self._gunicorn("keystone", self.ports["keystone"]),
                         self.ports["keystone"])
-        bootstrap.keystone_catalogue(url, PASSWORD, SERVICE_USERS, {
-            "compute": ("nova", f"http://127.0.0.1:{self.ports['nova']}/v2.1"),
-            "placement": ("placement", f"http://127.0.0.1:{self.ports['placement']}"),
-            "image": ("glance", f"http://127.0.0.1:{self.ports['glance']}"),
-            "network": ("neutron", f"http://127.0.0.1:{self.ports['neutron']}"),
-        })
 
     def _glance(self) -> None:
         self._wait_http(self._gunicorn("glance", self.ports["glance"]), self.ports["glance"])
@@ -267,12 +345,24 @@ class LocalCloud:
                         self.ports["neutron"])
 
     def _nova_control(self) -> None:
+        # (service users exist from the start: a conductor or scheduler that finds Keystone
+        # not up yet carries on; a 401 would have been fatal to them)
         conf = ["--config-file", str(self.etc / "nova.conf")]
         self._spawn("nova-conductor", [self._bin("nova-conductor"), *conf])
         self._spawn("nova-scheduler", [self._bin("nova-scheduler"), *conf])
         self._wait_http(self._gunicorn("nova-api", self.ports["nova"]), self.ports["nova"])
 
     def _start_compute(self) -> None:
+        # nova-compute's first RPC call to the conductor is lost if the conductor has not
+        # declared its queue yet (then compute waits a full RPC timeout): wait for its
+        # first heartbeat, written once its RPC server runs
+        def conductor_up() -> bool:
+            self._service("nova-conductor").check_alive()
+            return procs.psql(
+                "SELECT count(*) FROM services WHERE \"binary\" = 'nova-conductor'"
+                " AND last_seen_up IS NOT NULL", db=self.dbs["nova_cell1"]) != "0"
+        procs.wait_for("nova-conductor", conductor_up, 90, interval=0.5,
+                       on_timeout=lambda: procs.tail(self.logs / "nova-conductor.log"))
         # the lab driver runs sessions' commands (jupyter) from the test interpreter's venv
         lab_path = str(Path(sys.executable).parent)
         self._spawn("nova-compute",
@@ -310,25 +400,16 @@ def reap_stale_sessions() -> None:
             meta: dict[str, Any] = json.loads(meta_path.read_text())
         except (OSError, ValueError):
             continue
-        if _alive(int(meta.get("owner_pid", 0))):
-            continue
-        procs.stop_groups([], procs.groups_tagged(run_dir), grace=3)
+        owner = int(meta.get("owner_pid", 0))
+        if owner > 0 and procs.start_ticks(owner) == meta.get("owner_ticks", -1):
+            continue  # its test run is still going
+        for pgid, ticks in meta.get("groups", []):
+            procs.kill_recorded_group(pgid, ticks, signal.SIGKILL)
+        procs.stop_groups([], procs.groups_tagged(run_dir), grace=1)
         procs.drop_databases(meta.get("databases", []))
         if meta.get("vhost"):
             procs.delete_vhost(meta["vhost"])
         shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def main(argv: list[str] | None = None, wait: Callable[[], None] | None = None) -> None:

@@ -100,14 +100,21 @@ class Service:
                  log: Path, cwd: Path | None = None) -> None:
         self.name = name
         self.log = log
+        self.argv, self.env, self.cwd = list(argv), dict(env), cwd
         with log.open("ab") as out:
             self.proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out,
                                          stderr=subprocess.STDOUT, env=dict(env),
                                          cwd=cwd, start_new_session=True)
 
+        self.start_ticks = start_ticks(self.proc.pid)
+
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def respawn(self) -> Service:
+        """The same command started again (after :func:`stop_groups` on this one)."""
+        return Service(self.name, self.argv, env=self.env, log=self.log, cwd=self.cwd)
 
     def check_alive(self) -> None:
         """Raise with the log's tail if the process already exited."""
@@ -124,6 +131,25 @@ class Service:
             return True
         except subprocess.TimeoutExpired:
             return False
+
+
+def start_ticks(pid: int) -> int:
+    """The process' start time (clock ticks since boot): with the pid, a unique identity."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def kill_recorded_group(pgid: int, ticks: int, sig: int) -> None:
+    """Signal group ``pgid`` only if its leader is still the process recorded at spawn.
+
+    (gunicorn and nova rewrite their argv/environ with setproctitle, so neither can
+    identify them; pid + start time can, and protects against pid reuse.)
+    """
+    if ticks >= 0 and start_ticks(pgid) == ticks:
+        kill_group(pgid, sig)
 
 
 def kill_group(pgid: int, sig: int) -> None:
@@ -153,7 +179,10 @@ def stop_groups(services: Sequence[Service], extra_pgids: Sequence[int] = (),
 
 
 def groups_tagged(run_dir: Path) -> list[int]:
-    """Process groups whose members carry ``ATRIUM_OS_RUN=<run_dir>`` in their environment."""
+    """Process groups whose members carry ``ATRIUM_OS_RUN=<run_dir>`` in their environment.
+
+    Finds the session processes the lab driver starts (they keep their environ intact).
+    """
     tag = f"ATRIUM_OS_RUN={run_dir}".encode()
     found: set[int] = set()
     for entry in os.listdir("/proc"):
@@ -192,11 +221,18 @@ def create_databases(names: Sequence[str]) -> None:
 
 
 def drop_databases(names: Sequence[str]) -> None:
-    for name in names:
-        try:
-            psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        except HarnessError:
-            pass  # best effort: teardown goes on
+    """Drop (even while connected to), best effort: teardown goes on whatever happens."""
+    statements = [f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)' for name in names]
+    if not statements:
+        return
+    try:
+        psql(*statements)  # one client for all: each -c still runs on its own
+    except HarnessError:
+        for statement in statements:
+            try:
+                psql(statement)
+            except HarnessError:
+                pass
 
 
 # -- RabbitMQ ------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Running every service's migrations takes ~40 s on a busy 2-core machine; PostgreSQL copies
 a migrated database in well under a second (``CREATE DATABASE ... TEMPLATE``). The
-templates hold schemas only (no users, endpoints or cell mappings), are named
+templates hold the schemas, plus Keystone's admin, service users and catalogue (seeded
+with placeholder URLs that each cloud rewrites to its ports); they are named
 ``atrium_os_tmpl_<key>_<service>`` where ``<key>`` hashes the services venv's package
 stamp and this harness' migration steps, and are rebuilt when the key changes (old ones
 are dropped). A build runs under a file lock, into ``*_wip`` databases renamed at the very
@@ -15,7 +16,7 @@ import contextlib
 import fcntl
 import hashlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,12 +28,17 @@ DATABASES = ("keystone", "glance", "placement", "neutron", "nova_api", "nova_cel
 PREFIX = "atrium_os_tmpl_"
 
 
-def template_key(venv: Path) -> str:
-    """Changes whenever the services or the way we migrate them change."""
-    digest = hashlib.sha256()
+Seeder = Callable[[Path, dict[str, str]], None]
+"""``seed(etc_dir, {service: database})`` adds the rows every cloud starts with."""
+
+
+def template_key(venv: Path, seed_key: str = "") -> str:
+    """Changes whenever the services or the way we migrate (or seed) them change."""
+    digest = hashlib.sha256(seed_key.encode())
     stamp = venv / ".atrium-base-hash"
     digest.update(stamp.read_bytes() if stamp.exists() else b"unstamped")
-    for source in (HERE / "schema.py", HERE / "neutron_schema.py"):
+    for source in (HERE / "schema.py", HERE / "neutron_schema.py", HERE / "bootstrap.py",
+                   HERE / "etc" / "keystone.conf"):
         digest.update(source.read_bytes())
     return digest.hexdigest()[:10]
 
@@ -54,13 +60,15 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def ensure_templates(venv: Path, render: procs.ConfigRenderer, lock_dir: Path,
-                     env: dict[str, str]) -> dict[str, str]:
+                     env: dict[str, str], seed: Seeder | None = None,
+                     seed_key: str = "") -> dict[str, str]:
     """Return {service: template database}, building the templates first if needed.
 
     ``render(etc_dir, dbs)`` writes the service configs for the databases ``dbs`` (the
-    migrations only read the database URLs from them).
+    migrations only read the database URLs from them); ``seed`` then runs against the
+    migrated databases (``seed_key`` names its version, part of the template key).
     """
-    key = template_key(venv)
+    key = template_key(venv, seed_key)
     names = {db: f"{PREFIX}{key}_{db}" for db in DATABASES}
     if set(names.values()) <= _existing(PREFIX + key):
         return names
@@ -72,6 +80,8 @@ def ensure_templates(venv: Path, render: procs.ConfigRenderer, lock_dir: Path,
         procs.create_databases(list(wip.values()))
         with tempfile.TemporaryDirectory(prefix="atrium-os-schema-") as tmp:
             _migrate(venv, Path(tmp), render, wip, env)
+            if seed is not None:
+                seed(Path(tmp) / "etc", wip)
         for db, name in names.items():
             procs.psql(f'ALTER DATABASE "{wip[db]}" RENAME TO "{name}"')
     return names
