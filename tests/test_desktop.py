@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
 
@@ -48,7 +47,7 @@ async def changes_after(client: RfbClient, wait: float) -> int:
         client.request(incremental=True)
         try:
             changed += await client.update(timeout=max(0.1, deadline - time.monotonic()))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             break
     return changed
 

@@ -20,7 +20,8 @@ COLOURS = """(() => {
   if (!canvas || canvas.width < 100) return 0;
   const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
   const seen = new Set();
-  for (let i = 0; i < data.length; i += 4 * 97) seen.add(data[i] << 16 | data[i+1] << 8 | data[i+2]);
+  for (let i = 0; i < data.length; i += 4 * 97)
+    seen.add(data[i] << 16 | data[i+1] << 8 | data[i+2]);
   return seen.size;
 })()"""
 

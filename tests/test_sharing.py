@@ -38,7 +38,7 @@ def test_policy_never_grants_more_than_the_role_table(history: list, who: int, r
     for op, user, role in history:
         if user == owner:
             continue
-        if op == "add" and user not in members or op == "role" and user in members:
+        if (op == "add" and user not in members) or (op == "role" and user in members):
             members[user] = role
         elif op == "remove":
             members.pop(user, None)

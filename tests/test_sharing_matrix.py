@@ -150,7 +150,7 @@ def probe(entry: str, action: str, actor: Actor, uid: str, server: AtriumServer)
     raise AssertionError((entry, action))
 
 
-def PEOPLE_ALLOWED_DELETE(actor: Actor) -> bool:  # noqa: N802 - reads as a table lookup
+def PEOPLE_ALLOWED_DELETE(actor: Actor) -> bool:
     return actor.username in ("alice", "admin")
 
 
@@ -193,7 +193,7 @@ async def bridge_outcome(server: AtriumServer, uid: str, actor: Actor, action: s
             client.request(incremental=True)
             try:
                 changed += await client.update(timeout=0.3)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         client.key(0xFF1B, True)  # Escape closes the menu again
         client.key(0xFF1B, False)
