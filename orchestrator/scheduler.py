@@ -19,13 +19,16 @@ have expired elsewhere (its local deadline is measured from *before* the last su
 renewal, minus a margin). The holder's name is ``host:port``, unique among live processes,
 so a restarted process takes its own lease back at once instead of waiting for it.
 
-Caveat: ``SQLAlchemyJobStore`` is synchronous; its few small queries per job run block the
-event loop for a moment. Job bodies themselves are coroutines.
+``SQLAlchemyJobStore`` is synchronous, so the leader's scheduler runs in a thread of its own
+(APScheduler's ``BackgroundScheduler``) and hands each job's coroutine to the portal's event
+loop: the loop never waits for the job store. (On SQLite it must not: a store write waiting
+on the event loop's open write transaction would deadlock both until the busy timeout.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import datetime as dt
 import logging
 import os
@@ -37,6 +40,7 @@ from typing import Any
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import case, literal, literal_column, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -52,6 +56,7 @@ log = logging.getLogger("atrium.scheduler")
 
 LEASE_NAME = "scheduler"
 JOB_TABLE = "apscheduler_jobs"
+ENTRY = "orchestrator.scheduler:run_leader_job"  # what persisted jobs call
 
 
 def sync_url(url: str) -> str:
@@ -82,9 +87,39 @@ _current: JobScheduler | None = None
 
 
 async def run_job(name: str) -> None:
-    """Entry point of every job APScheduler runs (stored as ``orchestrator.scheduler:run_job``)."""
+    """Entry point of the local jobs (on the event loop)."""
     if _current is not None:
         await _current.run(name)
+
+
+def run_leader_job(name: str) -> None:
+    """Entry point of the persisted jobs (stored as ``orchestrator.scheduler:run_leader_job``):
+    called in APScheduler's worker thread, runs the job on the portal's event loop and waits
+    for it (so ``max_instances=1`` holds)."""
+    current = _current
+    if current is None or current.loop is None:
+        return
+    future = asyncio.run_coroutine_threadsafe(current.run(name), current.loop)
+    current.running.add(future)
+    try:
+        future.result()
+    except concurrent.futures.CancelledError:
+        pass  # the portal is stopping
+    finally:
+        current.running.discard(future)
+
+
+class _LeaderScheduler(BackgroundScheduler):
+    """A ``BackgroundScheduler`` that survives job store errors (the database restarting,
+    SQLite busy): APScheduler 3 lets an error while updating a job end its thread's loop."""
+
+    def _process_jobs(self) -> float | None:
+        try:
+            wait: float | None = super()._process_jobs()
+            return wait
+        except Exception:
+            log.exception("the job scheduler failed to read or update its jobs; retrying")
+            return 5.0
 
 
 class Lease:
@@ -153,9 +188,12 @@ class JobScheduler:
         self._renew_every = lease / 3
         self._margin = min(3.0, lease / 5)
         self._valid_until = 0.0  # monotonic time until which our lease surely holds
-        self._leader: AsyncIOScheduler | None = None
+        self._leader: BackgroundScheduler | None = None
         self._local: AsyncIOScheduler | None = None
         self._loop_task: asyncio.Task[None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        # Leader jobs running now (futures on the loop), cancelled when the portal stops.
+        self.running: set[concurrent.futures.Future[None]] = set()
 
     @property
     def is_leader(self) -> bool:
@@ -164,6 +202,7 @@ class JobScheduler:
     def start(self) -> None:
         global _current
         _current = self
+        self.loop = asyncio.get_running_loop()
         # APScheduler logs every run at INFO; run() logs what matters instead.
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
         self._local = AsyncIOScheduler(jobstores={"default": MemoryJobStore()},
@@ -185,6 +224,8 @@ class JobScheduler:
             self._local.shutdown(wait=False)
         was_leader = self._leader is not None
         self._step_down("shutting down")
+        for future in list(self.running):
+            future.cancel()
         if was_leader:
             try:
                 await self.lease.release()
@@ -207,36 +248,41 @@ class JobScheduler:
                     self._valid_until = began + self.lease.seconds - self._margin
                     if self._leader is None:
                         try:
-                            self._lead()
+                            # The job store is synchronous: never on the event loop.
+                            self._leader = await asyncio.to_thread(self._lead)
                         except Exception:
                             log.exception("starting the job scheduler failed")
-                            self._step_down("could not start the jobs")
                 elif self._leader is not None:
                     self._step_down("another process holds the lease")
             await asyncio.sleep(self._renew_every)
 
-    def _lead(self) -> None:
+    def _lead(self) -> BackgroundScheduler:
+        """Start the persisted jobs (in a thread: this talks to the job store)."""
         log.info("%s (pid %s) is now the scheduler leader", self.holder, os.getpid())
+        options: dict[str, Any] = {"pool_pre_ping": True}
+        if self.db.is_sqlite:
+            options["connect_args"] = {"timeout": 30}
         store = SQLAlchemyJobStore(url=sync_url(self.db.url), tablename=JOB_TABLE,
-                                   engine_options={"pool_pre_ping": True})
-        scheduler = AsyncIOScheduler(jobstores={"default": store}, job_defaults=_JOB_DEFAULTS,
-                                     timezone=dt.UTC)
+                                   engine_options=options)
+        scheduler = _LeaderScheduler(jobstores={"default": store}, job_defaults=_JOB_DEFAULTS,
+                                     timezone=dt.UTC, daemon=True)
         scheduler.start(paused=True)
-        self._leader = scheduler
         now = dt.datetime.now(dt.UTC)
         for job in self.jobs.values():
             if not job.leader:
                 continue
             existing = scheduler.get_job(job.name)
             interval = dt.timedelta(seconds=job.interval)
-            if existing is None or getattr(existing.trigger, "interval", None) != interval:
-                # New, or its interval changed in the settings: (re)schedule from now.
-                scheduler.add_job("orchestrator.scheduler:run_job",
+            if existing is None or existing.func_ref != ENTRY or getattr(
+                    existing.trigger, "interval", None) != interval:
+                # New, or changed in the settings or the code: (re)schedule from now.
+                scheduler.add_job(ENTRY,
                                   IntervalTrigger(seconds=job.interval), args=[job.name],
                                   id=job.name, name=job.name, replace_existing=True)
             if job.catch_up:
                 scheduler.modify_job(job.name, next_run_time=now)
         scheduler.resume()
+        return scheduler
 
     def _step_down(self, why: str) -> None:
         if self._leader is None:

@@ -16,10 +16,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from orchestrator.errors import RequestError
 from orchestrator.lifecycle import record
-from orchestrator.models import Instance, InstanceMember, MemberRole, User, utcnow
+from orchestrator.models import (
+    Instance,
+    InstanceMember,
+    InstanceStatus,
+    MemberRole,
+    Role,
+    User,
+    utcnow,
+)
 from sharing.access import access_of, principal_for
 from sharing.models import AccessRequest, Invitation, RequestStatus
-from sharing.policy import Action, authorize
+from sharing.policy import Action, Principal, authorize
 
 GRANTABLE = (MemberRole.USER, MemberRole.GUEST)
 INVITATION_PREFIX = "inv_"
@@ -213,3 +221,17 @@ async def join_as_support(session: AsyncSession, actor: User, instance: Instance
     record(session, instance, actor, "support-joined",
            reason[:500] if isinstance(reason, str) else "")
     return member
+
+
+async def support_instances(session: AsyncSession, who: Principal, query: str = ""
+                            ) -> list[Instance]:
+    """Instances support staff may find: all (ADMIN, SUPPORT) or their instruments' (IS)."""
+    if not (who.is_admin or Role.SUPPORT in who.roles
+            or Role.INSTRUMENT_SCIENTIST in who.roles):
+        raise RequestError("support access is for admins, IT support and instrument "
+                           "scientists", 403)
+    stmt = select(Instance).where(Instance.status != InstanceStatus.DELETED)
+    if query:
+        stmt = stmt.where(Instance.name.ilike(f"%{query}%") | Instance.uid.startswith(query))
+    rows = (await session.scalars(stmt.order_by(Instance.created_at.desc()).limit(200))).all()
+    return [i for i in rows if authorize(who, access_of(i), Action.VIEW)]

@@ -7,11 +7,10 @@ from typing import Any
 from sqlalchemy import select
 
 from orchestrator.errors import RequestError
-from orchestrator.models import Instance, InstanceStatus, Role
+from orchestrator.models import Instance, InstanceStatus
 from sharing import members as sharing
-from sharing.access import access_of
 from sharing.models import AccessRequest
-from sharing.policy import Action, authorize
+from sharing.policy import Action
 from web.api import instance_json, iso, visible_instance
 from web.base import ApiHandler
 
@@ -198,19 +197,9 @@ class SupportInstancesHandler(SharingHandler):
 
     async def get(self) -> None:
         who = self.require_user()
-        if not (who.is_admin or Role.SUPPORT in who.roles
-                or Role.INSTRUMENT_SCIENTIST in who.roles):
-            raise RequestError("support access is for admins, IT support and instrument "
-                               "scientists", 403)
-        query = self.get_argument("q", "").strip()
         async with self.portal.db.session() as s:
-            stmt = select(Instance).where(Instance.status != InstanceStatus.DELETED)
-            if query:
-                stmt = stmt.where(Instance.name.ilike(f"%{query}%")
-                                  | Instance.uid.startswith(query))
-            rows = (await s.scalars(stmt.order_by(Instance.created_at.desc()).limit(200))).all()
-            self.send([instance_json(i, who) for i in rows
-                       if authorize(who, access_of(i), Action.VIEW)])
+            found = await sharing.support_instances(s, who, self.get_argument("q", "").strip())
+            self.send([instance_json(i, who) for i in found])
 
 
 SHARING_ROUTES: list[tuple[str, type]] = [

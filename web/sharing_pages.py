@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from orchestrator.errors import RequestError
-from orchestrator.models import Instance, InstanceStatus, Role
+from orchestrator.models import Instance, InstanceStatus
 from sharing import members as sharing
 from sharing.access import access_of
 from sharing.models import AccessRequest
@@ -134,17 +134,9 @@ class SupportPage(BaseHandler):
     async def get(self) -> None:
         who = self.principal
         assert who is not None
-        if not (who.is_admin or Role.SUPPORT in who.roles
-                or Role.INSTRUMENT_SCIENTIST in who.roles):
-            raise RequestError("support access is for admins, IT support and instrument "
-                               "scientists", 403)
         query = self.get_argument("q", "").strip()
         async with self.portal.db.session() as s:
-            stmt = select(Instance).where(Instance.status != InstanceStatus.DELETED)
-            if query:
-                stmt = stmt.where(Instance.name.ilike(f"%{query}%"))
-            rows = (await s.scalars(stmt.order_by(Instance.created_at.desc()).limit(200))).all()
-            found = [i for i in rows if authorize(who, access_of(i), Action.VIEW)]
+            found = await sharing.support_instances(s, who, query)
             self.render_page("support.html", instances=found, query=query)
 
 

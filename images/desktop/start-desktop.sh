@@ -83,7 +83,8 @@ else
     die "no desktop session installed (xfce4-session or openbox)"
 fi
 
-umask 077
+session_umask=$(umask)
+umask 077 # for the password file; the session gets the usual umask back below
 run=$(mktemp -d "${TMPDIR:-/tmp}/atrium-desktop.XXXXXX")
 # printf is a shell builtin: the password is on no process's command line, only in a pipe.
 printf '%s\n' "$VNC_PASSWORD" | vncpasswd -f >"$run/passwd"
@@ -107,6 +108,7 @@ EOF
     XDG_CONFIG_DIRS=$run/xdg:${XDG_CONFIG_DIRS:-/etc/xdg}
     export XDG_CONFIG_DIRS
 fi
+umask "$session_umask"
 
 # The session starter: a fresh shell (exec'd after the unset, so even its /proc environ holds
 # no password) that waits for the display, runs the session and then removes the directory.

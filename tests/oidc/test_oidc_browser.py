@@ -83,6 +83,9 @@ def test_a_refused_login_explains_why(chromium: Browser, oidc: OidcStack) -> Non
     sign_in_at_provider(page, "alice", oidc.provider.users["alice"].password)
     expect(page.get_by_role("alert")).to_contain_text(
         "Login refused: the ID token was refused: it was issued for another application")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "oidc-refused-"
+                             f"{oidc.server.env['ATRIUM_DATABASE_URL'][:6]}.png"))
     page.goto(oidc.url)
     expect(page).to_have_url(f"{oidc.url}/login?next=%2F")
     page.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -17,6 +18,7 @@ import pytest
 from spawners.openstack import OpenStackBackend
 from tests.harness.openstack.bootstrap import CloudSettings
 from tests.harness.openstack.cloud import LocalCloud, install
+from tests.openstack.helpers import make_backend
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -40,11 +42,21 @@ def openstack_harness(request: pytest.FixtureRequest) -> Iterator[LocalCloud]:
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"openstack harness up: {cloud.timings} ({cloud.run_dir})")
+    _say(request, f"openstack harness up: {cloud.timings} ({cloud.run_dir})")
     yield cloud
+    started = time.monotonic()
     cloud.stop()
+    _say(request, f"openstack harness stopped in {time.monotonic() - started:.1f}s")
+
+
+def _say(request: pytest.FixtureRequest, line: str) -> None:
+    """One line on the terminal, past pytest's output capture."""
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if capture is None or reporter is None:
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line(line)
 
 
 @pytest.fixture(scope="session")
@@ -52,16 +64,6 @@ def openstack_cloud(openstack_harness: LocalCloud) -> CloudSettings:
     """Connection settings (auth url, project, user, password) and bootstrap ids."""
     assert openstack_harness.settings is not None
     return openstack_harness.settings
-
-
-def make_backend(cloud: CloudSettings, deployment_id: str, **kwargs: object) -> OpenStackBackend:
-    """A backend on the harness network, with the harness' session security group."""
-    options: dict[str, object] = {
-        "auth": cloud.auth(), "region_name": cloud.region_name,
-        "networks": [cloud.network_name],
-        "security_groups": ["default", cloud.security_group], "retries": 2,
-        "backoff": 0.2, **kwargs}
-    return OpenStackBackend(deployment_id, **options)  # type: ignore[arg-type]
 
 
 @pytest.fixture

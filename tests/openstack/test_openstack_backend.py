@@ -5,69 +5,23 @@ Each test uses a backend of its own deployment id, so list_managed sees only its
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import time
 
 import pytest
 import yaml
 
-from spawners.base import (
-    BackendError,
-    BackendState,
-    DataMount,
-    InstanceSpec,
-    Observation,
-    Owner,
-    ResourceState,
-)
-from spawners.openstack import OpenStackBackend, tag
+from spawners.base import BackendError, ResourceState
+from spawners.openstack import OpenStackBackend
 from tests.harness.openstack.bootstrap import CloudSettings
-from tests.openstack.conftest import make_backend
+from tests.openstack.helpers import (
+    Checkpoints,
+    make_backend,
+    make_spec,
+    tagged_servers,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def make_spec(cloud: CloudSettings, uid: str, *, big: bool = False) -> InstanceSpec:
-    return InstanceSpec(
-        uid=uid, name=f"test {uid}", image_ref="atrium-tiny",
-        flavour_ref="atrium.too-big" if big else "atrium.small", protocols=("jupyter",),
-        owner=Owner("alice", uid=2001, gid=2001),
-        mounts=(DataMount("20261234", "/data/2026/20261234", "data/20261234"),),
-        secrets={"jupyter_token": f"tok-{uid}"})
-
-
-class Checkpoints:
-    """Records what the backend checkpoints, as the reconciler would store it."""
-
-    def __init__(self) -> None:
-        self.states: list[BackendState] = []
-
-    async def __call__(self, state: BackendState) -> None:
-        self.states.append(dict(state))
-
-
-async def wait_for(backend: OpenStackBackend, spec: InstanceSpec, state: BackendState,
-                   wanted: ResourceState, timeout: float = 60, *,
-                   ready: str | None = None) -> Observation:
-    """Observe until ``wanted`` (and protocol ``ready``, if given) or fail with the last view."""
-    deadline = time.monotonic() + timeout
-    seen = None
-    while time.monotonic() < deadline:
-        seen = await backend.observe(spec.uid, state, spec.secrets, spec.protocols)
-        if seen.state is wanted and (ready is None or ready in seen.ready):
-            return seen
-        if seen.state is ResourceState.FAILED and wanted is not ResourceState.FAILED:
-            break
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"wanted {wanted} (ready={ready}), last seen {seen}")
-
-
-def tagged_servers(cloud: CloudSettings, uid: str) -> list:
-    """What Nova itself holds for ``uid`` (admin view, all projects)."""
-    with cloud.connect(admin=True) as conn:
-        return list(conn.compute.servers(details=True, all_projects=True,
-                                         tags=tag("atrium/instance", uid)))
 
 
 async def test_lifecycle(openstack_cloud: CloudSettings, backend: OpenStackBackend) -> None:
@@ -104,7 +58,7 @@ async def test_lifecycle(openstack_cloud: CloudSettings, backend: OpenStackBacke
     await wait_for(backend, spec, state, ResourceState.RUNNING)
 
     state = await backend.reboot(spec, state, checkpoints)
-    await wait_for(backend, spec, state, ResourceState.RUNNING, ready="jupyter")
+    await wait_for(backend, spec, state, ResourceState.RUNNING)
 
     await backend.delete(spec.uid, state)
     seen = await backend.observe(spec.uid, state, spec.secrets, spec.protocols)
@@ -119,6 +73,7 @@ async def test_no_valid_host_fails_with_reason_and_leaks_nothing(
     state = await backend.create(spec, Checkpoints())
     seen = await wait_for(backend, spec, state, ResourceState.FAILED)
     assert "No valid host" in seen.reason
+    assert seen.backend_state.get("capacity_error") is True
     assert seen.ready == frozenset()
 
     await backend.delete(spec.uid, state)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import pytest
@@ -39,21 +40,21 @@ def test_deleting_is_not_running() -> None:
     assert map_status(server("ACTIVE", task_state="deleting"))[0] is ResourceState.PENDING
 
 
-@pytest.mark.parametrize(("err", "retry"), [
-    (os_exc.HttpException(http_status=503), True),
-    (os_exc.HttpException(http_status=500), True),
-    (os_exc.HttpException(http_status=429), True),
-    (os_exc.HttpException(http_status=400), False),
-    (os_exc.NotFoundException(http_status=404), False),
-    (os_exc.ConflictException(http_status=409), False),
-    (ksa_exc.ConnectFailure("refused"), True),
-    (ksa_exc.ConnectTimeout("slow"), True),
-    (ksa_exc.http.ServiceUnavailable(), True),
-    (ksa_exc.http.Unauthorized(), False),
-    (ValueError("bug"), False),
+@pytest.mark.parametrize(("make", "retry"), [
+    (lambda: os_exc.HttpException(http_status=503), True),
+    (lambda: os_exc.HttpException(http_status=500), True),
+    (lambda: os_exc.HttpException(http_status=429), True),
+    (lambda: os_exc.HttpException(http_status=400), False),
+    (lambda: os_exc.NotFoundException(http_status=404), False),
+    (lambda: os_exc.ConflictException(http_status=409), False),
+    (lambda: ksa_exc.ConnectFailure("refused"), True),
+    (lambda: ksa_exc.ConnectTimeout("slow"), True),
+    (lambda: ksa_exc.http.ServiceUnavailable(), True),
+    (lambda: ksa_exc.http.Unauthorized(), False),
+    (lambda: ValueError("bug"), False),
 ])
-def test_retry_policy(err: Exception, retry: bool) -> None:
-    assert is_retryable(err) is retry
+def test_retry_policy(make: Callable[[], Exception], retry: bool) -> None:
+    assert is_retryable(make()) is retry
 
 
 def test_tags_and_metadata_keys_avoid_slashes() -> None:

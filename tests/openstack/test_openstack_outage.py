@@ -12,9 +12,9 @@ import pytest
 from spawners.base import BackendError, ResourceState
 from tests.harness.openstack.bootstrap import CloudSettings
 from tests.harness.openstack.cloud import LocalCloud
-from tests.openstack.conftest import make_backend
-from tests.openstack.test_openstack_backend import (
+from tests.openstack.helpers import (
     Checkpoints,
+    make_backend,
     make_spec,
     tagged_servers,
     wait_for,

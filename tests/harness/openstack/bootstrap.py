@@ -77,7 +77,7 @@ class CloudSettings:
         return asdict(self)
 
 
-def _admin(auth_url: str, password: str, **options: str) -> openstack.connection.Connection:
+def _admin(auth_url: str, password: str, **options: Any) -> openstack.connection.Connection:
     return openstack.connection.Connection(
         region_name=REGION, **options,
         auth={"auth_url": auth_url, "username": "admin", "password": password,
@@ -94,7 +94,7 @@ def keystone_catalogue(auth_url: str, password: str, service_users: Iterable[str
     """
     # the catalogue's identity URL may be a placeholder (template seeding): talk to auth_url
     conn = _admin(auth_url, password, identity_endpoint_override=auth_url)
-    idn = conn.identity
+    idn: Any = conn.identity  # v3 (the SDK types it as a v2/v3 union)
     service_project = idn.create_project(name="service", domain_id="default")
     admin_role = idn.find_role("admin", ignore_missing=False)
     service_role = idn.find_role("service") or idn.create_role(name="service")
@@ -114,7 +114,7 @@ def keystone_catalogue(auth_url: str, password: str, service_users: Iterable[str
 def project_resources(*, auth_url: str, admin_password: str, run_dir: Path) -> CloudSettings:
     """Create the test project/user and what servers need; write a clouds.yaml."""
     conn = _admin(auth_url, admin_password)
-    idn = conn.identity
+    idn: Any = conn.identity  # v3 (the SDK types it as a v2/v3 union)
     project = idn.create_project(name=PROJECT, domain_id="default")
     user = idn.create_user(name=USER, password=USER_PASSWORD, domain_id="default",
                            default_project_id=project.id)
