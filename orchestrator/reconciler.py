@@ -37,6 +37,7 @@ from spawners.base import (
     Backend,
     BackendError,
     BackendState,
+    CapacityError,
     InstanceSpec,
     Observation,
     ResourceState,
@@ -217,6 +218,17 @@ class Reconciler:
                 await self._stop(backend, instance)
             else:
                 await self._run(backend, instance, spec)
+        except CapacityError as err:
+            # Nothing may stay allocated for a launch the provider could not place.
+            log.warning("%s: %s; releasing its resources", uid, err)
+            try:
+                await backend.delete(uid, instance.backend_state)
+                released: dict[str, Any] = {}
+            except BackendError:
+                released = instance.backend_state
+            await self._set(instance, "error", str(err), status=S.ERROR, status_reason=str(err),
+                            progress="", backend_state=released, endpoints={},
+                            ready_protocols=[])
         except BackendError as err:
             log.warning("%s: %s", uid, err)
             await self._set(instance, "error", str(err), status=S.ERROR, status_reason=str(err),
@@ -281,6 +293,8 @@ class Reconciler:
             obs = await backend.observe(instance.uid, instance.backend_state, spec.secrets,
                                         spec.protocols)
             if obs.state is ResourceState.FAILED:
+                if obs.backend_state.get("capacity_error"):
+                    raise CapacityError(obs.reason or "the provider has no room")
                 raise BackendError(obs.reason or "the session failed")
             if obs.state is ResourceState.STOPPED and not restarted and not running:
                 # A start interrupted by a crash: start again, once.

@@ -32,6 +32,7 @@ import concurrent.futures
 import datetime as dt
 import logging
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -346,8 +347,6 @@ async def job_runs(db: Database) -> list[JobRun]:
 
 def leader_name(host: str, port: int) -> str:
     """This process's name in the lease: ``hostname:port`` (see the module)."""
-    import socket
-
     return f"{socket.gethostname()}:{port}" if host in ("0.0.0.0", "::", "") \
         else f"{socket.gethostname()}/{host}:{port}"
 

@@ -27,6 +27,10 @@ start-up and raises :class:`SettingsError` naming the variable and what was expe
 | ATRIUM_K8S_KUBECONFIG | in-cluster/default | kubeconfig file of the cluster |
 | ATRIUM_K8S_CONTEXT | current | kubeconfig context |
 | ATRIUM_K8S_USE_SERVICE | false | reach sessions through a Service per instance |
+| ATRIUM_OS_CLOUD | (none) | clouds.yaml entry of the OpenStack backend (credentials there) |
+| ATRIUM_OS_NETWORKS | (nova decides) | networks of session servers, comma separated |
+| ATRIUM_OS_SECURITY_GROUPS | default | security groups of session servers, comma separated |
+| ATRIUM_OS_FLOATING_NETWORK | (none) | give each server a floating IP from this network |
 | ATRIUM_K8S_POD_CONFIG | (none) | YAML shaping session pods (spawners/k8s_config.py) |
 | ATRIUM_SESSION_LIFETIME | 604800 | seconds a login lasts at most (then log in again) |
 | ATRIUM_SESSION_IDLE_TIMEOUT | 86400 | seconds without a request after which a login ends |
@@ -121,6 +125,10 @@ class Settings:
     k8s_kubeconfig: str = ""
     k8s_context: str = ""
     k8s_use_service: bool = False
+    os_cloud: str = ""
+    os_networks: tuple[str, ...] = ()
+    os_security_groups: tuple[str, ...] = ("default",)
+    os_floating_network: str = ""
     k8s_pod_config: Path | None = None
     session_lifetime: float = 7 * 86400.0
     session_idle_timeout: float = 86400.0
@@ -216,6 +224,13 @@ def _file(env: dict[str, str], name: str) -> Path | None:
     return Path(raw)
 
 
+def _list(env: dict[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
 def normalise_database_url(url: str) -> str:
     """Map plain URLs to the async drivers Atrium uses (aiosqlite, asyncpg)."""
     if url.startswith("sqlite:"):
@@ -261,6 +276,9 @@ def load_settings(env: dict[str, str] | None = None, **overrides: object) -> Set
             f"ATRIUM_DEPLOYMENT_ID={deployment_id!r}: letters, digits and '-' only, "
             "at most 40 characters (it becomes a label value)"
         )
+    if "openstack" in backends and not env.get("ATRIUM_OS_CLOUD"):
+        raise SettingsError("ATRIUM_OS_CLOUD is not set: the openstack backend needs the name "
+                            "of a clouds.yaml entry")
     values: dict[str, object] = dict(
         state_dir=state_dir,
         database_url=normalise_database_url(db_url),
@@ -284,6 +302,10 @@ def load_settings(env: dict[str, str] | None = None, **overrides: object) -> Set
         k8s_kubeconfig=env.get("ATRIUM_K8S_KUBECONFIG", ""),
         k8s_context=env.get("ATRIUM_K8S_CONTEXT", ""),
         k8s_use_service=_bool(env, "ATRIUM_K8S_USE_SERVICE", False),
+        os_cloud=env.get("ATRIUM_OS_CLOUD", ""),
+        os_networks=_list(env, "ATRIUM_OS_NETWORKS", ()),
+        os_security_groups=_list(env, "ATRIUM_OS_SECURITY_GROUPS", ("default",)),
+        os_floating_network=env.get("ATRIUM_OS_FLOATING_NETWORK", ""),
         k8s_pod_config=_file(env, "ATRIUM_K8S_POD_CONFIG"),
         session_lifetime=_number(env, "ATRIUM_SESSION_LIFETIME", 7 * 86400.0, minimum=1),
         session_idle_timeout=_number(env, "ATRIUM_SESSION_IDLE_TIMEOUT", 86400.0, minimum=1),

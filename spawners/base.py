@@ -40,7 +40,12 @@ class BackendError(Exception):
 
 
 class CapacityError(BackendError):
-    """The provider has no room (no valid host, quota exceeded, unschedulable)."""
+    """The provider has no room (no valid host, quota exceeded, unschedulable).
+
+    The reconciler then deletes whatever the launch allocated. Backends that see it only
+    later, in :meth:`Backend.observe`, say so with ``backend_state["capacity_error"] = True``
+    on the FAILED observation.
+    """
 
 
 class ResourceState(enum.StrEnum):

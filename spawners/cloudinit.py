@@ -67,8 +67,9 @@ class BootSettings:
 
     deployment_id: str = ""
     jupyter_port: int = 8888
-    desktop_port: int = 6080
+    desktop_port: int = 6080  # RFB (VNC), as on the other backends
     jupyter_command: str = "jupyter"
+    desktop_command: str = "start-desktop.sh"
     home_root: str = "/home"
     # DataMount.source "kind:/path" uses templates[kind]; anything else uses "default"
     mount_templates: Mapping[str, MountTemplate] = field(
@@ -137,9 +138,10 @@ def _services(spec: InstanceSpec, settings: BootSettings) -> dict[str, dict[str,
             "environment_file": ENV_FILE, "user": spec.owner.username,
             "unit": "atrium-jupyter.service"}
     if "desktop" in spec.protocols:
-        # the image provides atrium-desktop (Xvnc with $VNC_PASSWORD + websockify)
+        # images/desktop/start-desktop.sh, installed by the image in /usr/local/bin: Xvnc
+        # serving RFB (VncAuth with $VNC_PASSWORD) plus the desktop session
         services["desktop"] = {
-            "argv": ["atrium-desktop", f"--listen=0.0.0.0:{settings.desktop_port}"],
+            "argv": [settings.desktop_command, f"--listen=0.0.0.0:{settings.desktop_port}"],
             "port": settings.desktop_port, "environment_file": ENV_FILE,
             "user": spec.owner.username, "unit": "atrium-desktop.service"}
     return services

@@ -449,6 +449,10 @@ class KubernetesBackend(Backend):
             "pod_ip": view.pod_ip,
         }
         facts.pop("stopped", None)
+        if view.state is ResourceState.FAILED and view.reason.startswith("Unschedulable"):
+            facts["capacity_error"] = True  # the reconciler releases the pending pod
+        else:
+            facts.pop("capacity_error", None)
         return Observation(state=view.state, endpoints=eps, reason=view.reason,
                            backend_state=facts, processes=running_protocols(pod))
 

@@ -53,7 +53,7 @@ from spawners.base import (
     ResourceState,
 )
 from spawners.cloudinit import BootSettings, BootTemplateError, render_user_data
-from spawners.probe import jupyter_ready, tcp_ready
+from spawners.probe import jupyter_ready, rfb_ready
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -487,8 +487,8 @@ class OpenStackBackend(Backend):
         endpoints: dict[str, str] = {}
         if "jupyter" in protocols:
             endpoints["jupyter"] = f"http://{address}:{self.boot.jupyter_port}"
-        if "desktop" in protocols:
-            endpoints["desktop"] = f"http://{address}:{self.boot.desktop_port}"
+        if "desktop" in protocols:  # RFB, like the other backends' desktops
+            endpoints["desktop"] = f"vnc://{address}:{self.boot.desktop_port}"
         ready: set[str] = set()
         if seen.state is ResourceState.RUNNING:
             if "jupyter" in endpoints and secrets.get("jupyter_token"):
@@ -496,7 +496,7 @@ class OpenStackBackend(Backend):
                 if await jupyter_ready(endpoints["jupyter"], f"/instances/{uid}/lab/",
                                        secrets["jupyter_token"], self._probe_timeout):
                     ready.add("jupyter")
-            if "desktop" in endpoints and await tcp_ready(address, self.boot.desktop_port,
+            if "desktop" in endpoints and await rfb_ready(address, self.boot.desktop_port,
                                                           self._probe_timeout):
                 ready.add("desktop")
         return replace(seen, endpoints=endpoints, ready=frozenset(ready))

@@ -33,6 +33,14 @@ def make_backends(settings: Settings) -> dict[str, Backend]:
                 pod=pod,
                 use_service=settings.k8s_use_service,
                 max_workers=settings.sdk_threads))
+        elif name == "openstack":
+            from spawners.openstack import OpenStackBackend
+
+            backends[name] = OpenStackBackend(
+                settings.deployment_id, cloud=settings.os_cloud,
+                networks=settings.os_networks, security_groups=settings.os_security_groups,
+                floating_ip_network=settings.os_floating_network or None,
+                max_workers=settings.sdk_threads)
         else:
-            raise SettingsError(f"the {name} backend is not available in this build yet")
+            raise SettingsError(f"unknown backend {name!r}")
     return backends

@@ -181,6 +181,19 @@ def test_lifetime_api_and_pages(srv: AtriumServer, alice: httpx.Client, admin: h
     assert "data-lifetime-banner" in alice.get(f"/instances/{uid}").text
     sink.wait(lambda ms: any("alice@example.org" in m.to and "will be deleted on" in m.subject
                              and soon.strftime("%Y-%m-%d %H:%M") in m.subject for m in ms))
+    # The instance page's form: refusals come back as a message, changes as a notice.
+    browser = srv.client("alice")  # a fresh cookie jar: one XSRF cookie
+    browser.get(f"/instances/{uid}")
+    form = {"_xsrf": browser.cookies.get("_xsrf") or "", "action": "shorten"}
+    r = browser.post(f"/instances/{uid}/lifetime",
+                     data={**form, "termination_date": (soon + dt.timedelta(days=1)).isoformat()})
+    assert r.status_code == 302 and "lifetime_error" in r.headers["location"]
+    assert "before the current one" in browser.get(r.headers["location"]).text
+    earlier = (soon - dt.timedelta(hours=1)).replace(second=0)
+    r = browser.post(f"/instances/{uid}/lifetime",
+                     data={**form, "termination_date": earlier.strftime("%Y-%m-%dT%H:%M")})
+    assert r.status_code == 302 and "lifetime_notice" in r.headers["location"]
+    assert alice.get(url).json()["termination_date"] == earlier.isoformat() + "Z"
     upcoming = admin.get("/api/v1/lifetime/upcoming", params={"days": 2}).json()
     assert uid in [u["uid"] for u in upcoming]
     kinds = [e["kind"] for e in admin.get(f"/api/v1/instances/{uid}/events").json()]

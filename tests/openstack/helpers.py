@@ -28,13 +28,14 @@ def make_backend(cloud: CloudSettings, deployment_id: str, **kwargs: object) -> 
     return OpenStackBackend(deployment_id, **options)  # type: ignore[arg-type]
 
 
-def make_spec(cloud: CloudSettings, uid: str, *, big: bool = False) -> InstanceSpec:
+def make_spec(cloud: CloudSettings, uid: str, *, big: bool = False,
+              protocols: tuple[str, ...] = ("jupyter",)) -> InstanceSpec:
     return InstanceSpec(
         uid=uid, name=f"test {uid}", image_ref="atrium-tiny",
-        flavour_ref="atrium.too-big" if big else "atrium.small", protocols=("jupyter",),
+        flavour_ref="atrium.too-big" if big else "atrium.small", protocols=protocols,
         owner=Owner("alice", uid=2001, gid=2001),
         mounts=(DataMount("20261234", "/data/2026/20261234", "data/20261234"),),
-        secrets={"jupyter_token": f"tok-{uid}"})
+        secrets={"jupyter_token": f"tok-{uid}", "vnc_password": f"vnc-{uid}"})
 
 
 class Checkpoints:

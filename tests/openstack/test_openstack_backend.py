@@ -6,6 +6,7 @@ Each test uses a backend of its own deployment id, so list_managed sees only its
 from __future__ import annotations
 
 import base64
+import shutil
 
 import pytest
 import yaml
@@ -65,6 +66,19 @@ async def test_lifecycle(openstack_cloud: CloudSettings, backend: OpenStackBacke
     assert seen.state is ResourceState.GONE
     assert tagged_servers(openstack_cloud, spec.uid) == []
     await backend.delete(spec.uid, state)  # deleting what is gone succeeds
+
+
+@pytest.mark.skipif(not shutil.which("Xvnc"), reason="no Xvnc (tigervnc) on this machine")
+async def test_desktop_server_serves_rfb(openstack_cloud: CloudSettings,
+                                         backend: OpenStackBackend) -> None:
+    """The VM's desktop (images/desktop/start-desktop.sh, run by the harness driver)."""
+    spec = make_spec(openstack_cloud, "desk-1", protocols=("desktop",))
+    state = await backend.create(spec, Checkpoints())
+    seen = await wait_for(backend, spec, state, ResourceState.RUNNING, timeout=90,
+                          ready="desktop")
+    assert seen.endpoints == {"desktop": f"vnc://{seen.backend_state['address']}:6080"}
+    await backend.delete(spec.uid, state)
+    assert tagged_servers(openstack_cloud, spec.uid) == []
 
 
 async def test_no_valid_host_fails_with_reason_and_leaks_nothing(

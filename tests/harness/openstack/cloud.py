@@ -363,8 +363,9 @@ class LocalCloud:
                 " AND last_seen_up IS NOT NULL", db=self.dbs["nova_cell1"]) != "0"
         procs.wait_for("nova-conductor", conductor_up, 90, interval=0.5,
                        on_timeout=lambda: procs.tail(self.logs / "nova-conductor.log"))
-        # the lab driver runs sessions' commands (jupyter) from the test interpreter's venv
-        lab_path = str(Path(sys.executable).parent)
+        # the lab driver runs sessions' commands: jupyter from the test interpreter's venv,
+        # start-desktop.sh from images/desktop
+        lab_path = f"{Path(sys.executable).parent}:{HERE.parents[2] / 'images' / 'desktop'}"
         self._spawn("nova-compute",
                     [self._bin("python"), str(HERE / "nova_compute.py"),
                      "--config-file", str(self.etc / "nova.conf")],
