@@ -8,7 +8,9 @@
 //   .../small          a small JSON answer (like JupyterLab's /api/kernels polling)
 //   .../big?bytes=N    N bytes (at most 4 GiB) streamed with Content-Length and backpressure
 //   .../headers        the request headers as JSON (checks what the proxy forwards)
-//   .../ws             WebSocket echo (npm `ws`, found through NODE_PATH)
+//   .../ws?replies=R   WebSocket echo, each message answered R times (default 1, at most
+//                      100), like the several messages a Jupyter kernel sends per request
+//                      (npm `ws`, found through NODE_PATH)
 // Prints "ready" on stdout once listening.
 
 const http = require('http');
@@ -62,12 +64,16 @@ server.keepAliveTimeout = 60000;
 
 const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false });
 server.on('upgrade', (req, socket, head) => {
-  if (!new URL(req.url, 'http://127.0.0.1').pathname.endsWith('/ws')) {
+  const url = new URL(req.url, 'http://127.0.0.1');
+  if (!url.pathname.endsWith('/ws')) {
     socket.destroy();
     return;
   }
+  const replies = Math.max(1, Math.min(Number(url.searchParams.get('replies') || 1) || 1, 100));
   wss.handleUpgrade(req, socket, head, (ws) => {
-    ws.on('message', (data, isBinary) => ws.send(data, { binary: isBinary }));
+    ws.on('message', (data, isBinary) => {
+      for (let i = 0; i < replies; i += 1) ws.send(data, { binary: isBinary });
+    });
   });
 });
 

@@ -1,18 +1,20 @@
 'use strict';
 // WebSocket round-trip timer of the proxy benchmark (benchmarks/proxy_bench.py).
 //
-//   node ws_rtt.js URL COUNT WARMUP TIMEOUT_SECONDS [HEADERS_JSON]
+//   node ws_rtt.js URL COUNT WARMUP TIMEOUT_SECONDS [HEADERS_JSON] [REPLIES]
 //
-// Sends one small Jupyter-like text message at a time and waits for its echo; after WARMUP
-// round trips, records COUNT more. Prints one JSON line: {"rtt_us": [...]} or {"error": ...}.
+// Sends one small Jupyter-like text message at a time and waits for its echo (for REPLIES
+// echoes, default 1, when the server answers each message several times: the time is then
+// until the last one); after WARMUP round trips, records COUNT more. Prints one JSON line: {"rtt_us": [...]} or {"error": ...}.
 // Gives up after TIMEOUT_SECONDS whatever happens.
 
 const WebSocket = require('ws');
 
-const [url, countArg, warmupArg, timeoutArg, headersArg] = process.argv.slice(2);
+const [url, countArg, warmupArg, timeoutArg, headersArg, repliesArg] = process.argv.slice(2);
 const count = Math.max(1, Number(countArg));
 const warmup = Math.max(0, Number(warmupArg));
 const headers = headersArg ? JSON.parse(headersArg) : {};
+const replies = Math.max(1, Number(repliesArg || 1));
 
 const payload = JSON.stringify({
   header: { msg_id: 'bench', msg_type: 'execute_request', username: 'bench', session: 's',
@@ -32,15 +34,19 @@ const ws = new WebSocket(url, { headers, perMessageDeflate: false });
 const rtts = [];
 let sent = 0;
 let started = 0n;
+let received = 0;
 
 function send() {
   sent += 1;
+  received = 0;
   started = process.hrtime.bigint();
   ws.send(payload);
 }
 
 ws.on('open', send);
 ws.on('message', () => {
+  received += 1;
+  if (received < replies) return;
   const us = Number(process.hrtime.bigint() - started) / 1000;
   if (sent > warmup) rtts.push(us);
   if (sent < warmup + count) {

@@ -154,6 +154,13 @@ def test_openapi_document_lists_the_endpoints(server: AtriumServer) -> None:
     doc = httpx.get(f"{server.url}/api/v1/openapi.json").json()
     assert doc["openapi"].startswith("3.")
     assert {"/instances", "/instances/{uid}", "/plans", "/experiments", "/me"} <= set(doc["paths"])
+    sharing = {"/instances/{uid}/members", "/instances/{uid}/invitations",
+               "/invitations/{token}", "/instances/{uid}/access-requests",
+               "/instances/{uid}/support", "/instances/{uid}/keyboard"}
+    assert sharing <= set(doc["paths"])
+    # Every reference resolves.
+    refs = set(re.findall(r'"#/components/schemas/(\w+)"', json.dumps(doc)))
+    assert refs <= set(doc["components"]["schemas"]), refs - set(doc["components"]["schemas"])
 
 
 def test_data_folder_exists(server: AtriumServer) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 from orchestrator.lifecycle import NAME_MAX
 from web.openapi_admin import ADMIN_PATHS, ADMIN_SCHEMAS
 from web.openapi_lifetime import LIFETIME_PATHS, LIFETIME_SCHEMAS
+from web.openapi_sharing import SHARING_PATHS, SHARING_SCHEMAS
 
 _ERROR = {"description": "error", "content": {"application/json": {
     "schema": {"$ref": "#/components/schemas/Error"}}}}
@@ -84,6 +85,7 @@ def openapi_document() -> dict[str, Any]:
                         "responses": {"200": _ok({"type": "array", "items": _ref("Event")}),
                                       **_ERRORS}}},
             **ADMIN_PATHS,
+            **SHARING_PATHS,
             **LIFETIME_PATHS,
         },
         "components": {
@@ -142,6 +144,7 @@ def openapi_document() -> dict[str, Any]:
                     "at": {"type": "string"}, "kind": {"type": "string"},
                     "detail": {"type": "string"}, "user": {"type": ["string", "null"]}}},
                 **ADMIN_SCHEMAS,
+                **SHARING_SCHEMAS,
                 **LIFETIME_SCHEMAS,
             },
         },

@@ -43,3 +43,18 @@
     });
   });
 })();
+
+// The owner sees new access requests appear on the instance page without reloading.
+(function () {
+  const box = document.getElementById("access-requests");
+  if (!box) return;
+  const shown = new Set([...box.querySelectorAll("[data-request]")].map(li => li.dataset.request));
+  setInterval(async () => {
+    try {
+      const r = await fetch(`/api/v1/instances/${box.dataset.uid}/access-requests`, { credentials: "same-origin" });
+      if (!r.ok) return;
+      const ids = (await r.json()).map(req => String(req.id));
+      if (ids.length !== shown.size || ids.some(id => !shown.has(id))) location.reload();
+    } catch (e) { /* offline for a moment: try again next tick */ }
+  }, 4000);
+})();
