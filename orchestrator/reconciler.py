@@ -15,6 +15,7 @@ next process picks up where the last one stopped:
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -71,6 +72,7 @@ class Reconciler:
         self.interval = interval
         self.start_timeout = start_timeout
         self.protocol_grace = protocol_grace
+        self.busy_window = max(5.0, 2 * interval)
         self.on_change = on_change or (lambda uid: None)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._dirty: set[str] = set()
@@ -142,12 +144,16 @@ class Reconciler:
         async with self.db.session() as s:
             rows = (await s.execute(
                 select(Instance.uid, Instance.backend, Instance.status, Instance.target,
-                       Instance.reboot_requested, Instance.ready_protocols)
+                       Instance.reboot_requested, Instance.ready_protocols, Instance.updated_at)
                 .where(Instance.status != S.DELETED)
             )).all()
         ready = {row[0]: row[5] for row in rows}
+        # An instance written to in the last moments is being driven (here or by another
+        # replica, whose API call kicked it): the driver refreshes updated_at at least every
+        # second while it waits, so leave it alone until it goes quiet.
+        quiet_since = utcnow() - dt.timedelta(seconds=self.busy_window)
         live: dict[str, set[str]] = {name: set() for name in self.backends}
-        for uid, backend, status, target, reboot, _ in rows:
+        for uid, backend, status, target, reboot, _, updated_at in rows:
             report.instances += 1
             live.setdefault(backend, set()).add(uid)
             if backend not in managed and status in AT_REST[target] and not reboot:
@@ -161,7 +167,7 @@ class Reconciler:
                 status is S.ACTIVE and seen is not None and seen.processes is not None
                 and not set(ready.get(uid, ())) <= seen.processes)
             if reboot or status not in AT_REST[target] or vanished or degraded:
-                if uid not in self._tasks:
+                if uid not in self._tasks and (updated_at is None or updated_at < quiet_since):
                     report.kicked += 1
                     self.kick(uid)
         for name, resources in managed.items():
