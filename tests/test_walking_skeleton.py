@@ -165,3 +165,22 @@ def test_openapi_document_lists_the_endpoints(server: AtriumServer) -> None:
 
 def test_data_folder_exists(server: AtriumServer) -> None:
     assert Path(server.state_dir / "demo-data" / "20261001" / "raw" / "run_0001.csv").exists()
+
+
+async def test_large_download_streams_through_the_proxy(server: AtriumServer, running: str
+                                                        ) -> None:
+    """Bodies beyond the HTTP client's 100 MiB default pass whole (streamed, not buffered)."""
+    size = 130 * 2**20
+    token = server.token("alice")
+    out = await run_code(server.url, running, token,
+                         f"f = open('big.bin', 'wb'); f.truncate({size}); f.close(); 'ok'")
+    assert out == "'ok'"
+    received = 0
+    async with httpx.AsyncClient(base_url=server.url, timeout=60,
+                                 headers={"Authorization": f"Bearer {token}"}) as client:
+        async with client.stream("GET", f"/instances/{running}/lab/files/big.bin") as r:
+            assert r.status_code == 200
+            assert int(r.headers["content-length"]) == size
+            async for chunk in r.aiter_raw():
+                received += len(chunk)
+    assert received == size

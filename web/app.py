@@ -120,7 +120,8 @@ async def build_portal(settings: Settings, db: Database) -> Portal:
 async def serve(settings: Settings) -> None:
     """Run the portal until SIGINT/SIGTERM. Sessions keep running when it stops."""
     settings.check_for_serving()
-    AsyncHTTPClient.configure(None, max_clients=1000)
+    # The proxy streams bodies of any size (Tornado's client would refuse > 100 MiB).
+    AsyncHTTPClient.configure(None, max_clients=1000, max_body_size=2**62)
     db = Database(settings.database_url)
     await db.check_schema()
     portal = await build_portal(settings, db)

@@ -119,6 +119,7 @@ class DesktopBridge(ProxyAuth, tornado.websocket.WebSocketHandler):
 
     def open(self, *args: str) -> None:
         self.portal.presence.opened(self.uid, self)
+        self.set_nodelay(True)  # framebuffer updates come in bursts (see web/proxy.py)
         # Our side of the handshake with the browser: same version, no authentication.
         self.write_message(rfb.VERSION, binary=True)
 

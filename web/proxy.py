@@ -193,9 +193,11 @@ class LabProxyHandler(ProxyAuth, BaseHandler):
         for name in ("Content-Type", "Server", "Date"):
             self.clear_header(name)
 
-    def _on_chunk(self, chunk: bytes) -> None:
+    def _on_chunk(self, chunk: bytes) -> Any:
         self.write(chunk)
-        self.flush()
+        # Returning the flush makes the client wait for a slow reader (backpressure), so
+        # a download is never buffered whole in the portal.
+        return self.flush()
 
     async def _forward(self, route: Route) -> None:
         request = self.request
@@ -294,6 +296,12 @@ class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
         self.uid = args[0]
         self.user_id = self.principal.user_id
         self.portal.presence.opened(self.uid, self)
+        # Kernels answer with bursts of frames: with Nagle on, the later ones wait for the
+        # peer's delayed ACK (~40 ms).
+        self.set_nodelay(True)
+        stream = getattr(self.upstream, "stream", None)
+        if stream is not None:
+            stream.set_nodelay(True)
         self._pump = asyncio.get_running_loop().create_task(self._from_upstream())
 
     async def _from_upstream(self) -> None:
