@@ -11,6 +11,7 @@ import jinja2
 import tornado.web
 from tornado.httpclient import AsyncHTTPClient
 from tornado.httpserver import HTTPServer
+from tornado.netutil import Resolver
 from tornado.routing import Rule
 
 from orchestrator.db import Database
@@ -34,6 +35,7 @@ from web.lifetime_pages import LIFETIME_PAGE_ROUTES
 from web.oidc_client import OidcClient
 from web.portal import Portal
 from web.proxy import IsWebSocket, LabProxyHandler, LabWebSocketProxy
+from web.resolver import IPLiteralResolver
 from web.routes import PrincipalCache, RouteTable
 from web.sharing_api import SHARING_ROUTES
 from web.sharing_pages import SHARING_PAGES
@@ -122,6 +124,7 @@ async def serve(settings: Settings) -> None:
     settings.check_for_serving()
     # The proxy streams bodies of any size (Tornado's client would refuse > 100 MiB).
     AsyncHTTPClient.configure(None, max_clients=1000, max_body_size=2**62)
+    Resolver.configure(IPLiteralResolver)
     db = Database(settings.database_url)
     await db.check_schema()
     portal = await build_portal(settings, db)
