@@ -346,6 +346,9 @@ class _PodRunner(threading.Thread):
                 self._stop.set()  # the pod is gone: nothing left to report to
             else:
                 self.kubelet.log(f"pod {self.pod_name}: status update failed: {exc.status}")
+        except Exception as exc:  # API server unreachable (an outage): retry next round,
+            # as a kubelet does; the pod's processes keep running.
+            self.kubelet.log(f"pod {self.pod_name}: status update failed: {exc!r}")
 
     def _kill_all(self, grace: float) -> None:
         """Like a kubelet: SIGTERM the container processes, SIGKILL what is left of their
