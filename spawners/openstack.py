@@ -106,6 +106,9 @@ def map_status(server: Any) -> tuple[ResourceState, str]:
         return ResourceState.PENDING, "Nova cannot reach the server's compute host"
     if task == "deleting":
         return ResourceState.PENDING, "the server is being deleted"
+    if task == "powering-on":
+        # still SHUTOFF, but a start is under way: not STOPPED (starting it again is a 409)
+        return ResourceState.PENDING, "the server is being started"
     state = _STATES.get(status)
     if state is None:
         return ResourceState.PENDING, f"Nova status {status or 'missing'}"
@@ -431,8 +434,26 @@ class OpenStackBackend(Backend):
         return state
 
     async def stop(self, uid: str, state: BackendState) -> BackendState:
+        """Stop the server; return once Nova reports it stopped (Nova's stop is async, and
+        a start issued while it powers off would be lost: the server still looks ACTIVE)."""
         await self._act(uid, state, "stop")
-        return state
+        deadline = time.monotonic() + self._delete_timeout
+        while True:
+            try:
+                server = await self._call(self._get_server, state, uid)
+            except (ksa_exc.ClientException, os_exc.SDKException) as err:
+                raise BackendError(self._reason(err)) from err
+            if server is None:
+                raise BackendError(f"the server of instance {uid} no longer exists")
+            seen, reason = map_status(server)
+            if seen is ResourceState.FAILED:
+                raise BackendError(reason)
+            if seen is ResourceState.STOPPED:
+                return state
+            if time.monotonic() > deadline:
+                raise BackendError(f"the server of {uid} did not stop within "
+                                   f"{self._delete_timeout:.0f}s")
+            await asyncio.sleep(0.5)
 
     async def reboot(self, spec: InstanceSpec, state: BackendState,
                      checkpoint: Checkpoint) -> BackendState:
