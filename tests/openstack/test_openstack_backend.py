@@ -13,6 +13,7 @@ import yaml
 
 from spawners.base import BackendError, ResourceState
 from spawners.openstack import OpenStackBackend
+from tests.conftest import need
 from tests.harness.openstack.bootstrap import CloudSettings
 from tests.openstack.helpers import (
     Checkpoints,
@@ -68,10 +69,10 @@ async def test_lifecycle(openstack_cloud: CloudSettings, backend: OpenStackBacke
     await backend.delete(spec.uid, state)  # deleting what is gone succeeds
 
 
-@pytest.mark.skipif(not shutil.which("Xvnc"), reason="no Xvnc (tigervnc) on this machine")
 async def test_desktop_server_serves_rfb(openstack_cloud: CloudSettings,
                                          backend: OpenStackBackend) -> None:
     """The VM's desktop (images/desktop/start-desktop.sh, run by the harness driver)."""
+    need(shutil.which("Xvnc") is not None, "no Xvnc (tigervnc) on this machine")
     spec = make_spec(openstack_cloud, "desk-1", protocols=("desktop",))
     state = await backend.create(spec, Checkpoints())
     seen = await wait_for(backend, spec, state, ResourceState.RUNNING, timeout=90,
