@@ -214,6 +214,24 @@ def _number(env: dict[str, str], name: str, default: float, minimum: float = 0) 
     return value
 
 
+def _port(env: dict[str, str], name: str, default: int) -> int:
+    port = int(_number(env, name, default, minimum=1))
+    if port > 65535:
+        raise SettingsError(f"{name}={port}: must be below 65536")
+    return port
+
+
+def _secret(env: dict[str, str], name: str) -> str:
+    """A secret from ``name``, or read from the file named by ``name``_FILE (which wins)."""
+    path = env.get(f"{name}_FILE", "")
+    if not path:
+        return env.get(name, "")
+    try:
+        return Path(path).read_text().strip()
+    except OSError as err:
+        raise SettingsError(f"{name}_FILE={path!r}: {err.strerror}") from None
+
+
 def _file(env: dict[str, str], name: str) -> Path | None:
     """An existing file named by ``name`` (None when unset or empty)."""
     raw = env.get(name)
@@ -252,9 +270,7 @@ def load_settings(env: dict[str, str] | None = None, **overrides: object) -> Set
     demo = _bool(env, "ATRIUM_DEMO_MODE", False)
     db_url = env.get("ATRIUM_DATABASE_URL") or f"sqlite:///{state_dir / 'atrium.db'}"
     host = env.get("ATRIUM_HOST", "127.0.0.1")
-    port = int(_number(env, "ATRIUM_PORT", 8000, minimum=1))
-    if port > 65535:
-        raise SettingsError(f"ATRIUM_PORT={port}: must be below 65536")
+    port = _port(env, "ATRIUM_PORT", 8000)
     backends = tuple(b.strip() for b in env.get("ATRIUM_BACKENDS", "local").split(",") if b.strip())
     unknown = set(backends) - {"local", "kubernetes", "openstack"}
     if unknown or not backends:
@@ -336,14 +352,7 @@ def _oidc(env: dict[str, str]) -> dict[str, object]:
                             "(http:// only on loopback) without query")
     if not client_id:
         raise SettingsError("ATRIUM_OIDC_CLIENT_ID is required when ATRIUM_OIDC_ISSUER is set")
-    secret = env.get("ATRIUM_OIDC_CLIENT_SECRET", "")
-    secret_file = env.get("ATRIUM_OIDC_CLIENT_SECRET_FILE", "")
-    if secret_file:
-        try:
-            secret = Path(secret_file).read_text().strip()
-        except OSError as err:
-            raise SettingsError(f"ATRIUM_OIDC_CLIENT_SECRET_FILE={secret_file!r}: "
-                                f"{err.strerror}") from None
+    secret = _secret(env, "ATRIUM_OIDC_CLIENT_SECRET")
     scopes = tuple(env.get("ATRIUM_OIDC_SCOPES", "openid profile email").replace(",", " ")
                    .split())
     if "openid" not in scopes:
@@ -366,17 +375,8 @@ def _oidc(env: dict[str, str]) -> dict[str, object]:
 
 def _lifetime(env: dict[str, str]) -> dict[str, object]:
     """The lifetime, inactivity, warning, extension, scheduling and SMTP settings."""
-    password = env.get("ATRIUM_SMTP_PASSWORD", "")
-    password_file = env.get("ATRIUM_SMTP_PASSWORD_FILE", "")
-    if password_file:
-        try:
-            password = Path(password_file).read_text().strip()
-        except OSError as err:
-            raise SettingsError(f"ATRIUM_SMTP_PASSWORD_FILE={password_file!r}: "
-                                f"{err.strerror}") from None
-    port = int(_number(env, "ATRIUM_SMTP_PORT", 25, minimum=1))
-    if port > 65535:
-        raise SettingsError(f"ATRIUM_SMTP_PORT={port}: must be below 65536")
+    password = _secret(env, "ATRIUM_SMTP_PASSWORD")
+    port = _port(env, "ATRIUM_SMTP_PORT", 25)
     lifetime = parse_days(env, "ATRIUM_LIFETIME_DAYS", LIFETIME_DAYS, roles=True)
     if any(v <= 0 for v in lifetime.values()):
         raise SettingsError("ATRIUM_LIFETIME_DAYS: every lifetime must be above 0 "

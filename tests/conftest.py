@@ -23,7 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 PG_URL = os.environ.get("ATRIUM_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
-IN_CI = os.environ.get("CI", "").lower() == "true"
+IN_CI = os.environ.get("CI", "").lower() == "true"  # CI sets CI=true
 
 
 def need(condition: bool, why: str) -> None:

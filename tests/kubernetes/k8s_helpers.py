@@ -7,13 +7,15 @@ import json
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
 from kubernetes import client
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from spawners.base import BackendState, InstanceSpec, Observation
+from spawners.base import LABEL_DEPLOYMENT, BackendState, InstanceSpec, Observation
 from spawners.k8s_manifests import PodOptions
 from spawners.kubernetes import KubernetesBackend
 
@@ -105,3 +107,27 @@ def sleeper(env_pod: PodOptions) -> PodOptions:
     return PodOptions(jupyter_command=("/bin/sh", "-c", "exec sleep 600"),
                       identity_provider="", extra_env=env_pod.extra_env,
                       termination_grace_s=1)
+
+
+def write_pod_config(env: K8sEnv, path: Path) -> Path:
+    """The ATRIUM_K8S_POD_CONFIG file that makes the portal's pods run on the harness."""
+    from tests.kubernetes.conftest import pod_options
+
+    options = pod_options(env)
+    path.write_text(yaml.safe_dump({
+        "jupyter_command": list(options.jupyter_command),
+        "jupyter_extra_args": list(options.jupyter_extra_args),
+        "desktop_command": list(options.desktop_command),
+        "extra_env": dict(options.extra_env),
+        "termination_grace_s": options.termination_grace_s,
+    }))
+    return path
+
+
+def delete_deployment_objects(env: K8sEnv, deployment: str) -> None:
+    """Whatever a failed test left in the cluster: one deployment's pods and secrets."""
+    selector = f"{LABEL_DEPLOYMENT}={deployment}"
+    env.core.delete_collection_namespaced_pod(env.namespace, label_selector=selector,
+                                              grace_period_seconds=0, _preload_content=False)
+    env.core.delete_collection_namespaced_secret(env.namespace, label_selector=selector,
+                                                 _preload_content=False)

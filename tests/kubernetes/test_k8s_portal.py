@@ -12,30 +12,26 @@ cluster the pods would need Atrium's images and the data on every node.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
-import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-import yaml
 
-from orchestrator.catalog import apply_spec, load_catalog
-from orchestrator.catalog_spec import parse_catalog
-from orchestrator.db import Database
-from orchestrator.settings import normalise_database_url
 from spawners.base import LABEL_DEPLOYMENT, LABEL_INSTANCE
 from spawners.k8s_manifests import DESKTOP_PORT, object_name
 from tests.conftest import AtriumServer, cleanup_sessions
-from tests.kubernetes.conftest import pod_options
-from tests.kubernetes.k8s_helpers import alive, read
+from tests.kubernetes.k8s_helpers import (
+    alive,
+    delete_deployment_objects,
+    read,
+    write_pod_config,
+)
+from tests.portal_setup import endpoints_of, start_with_catalog
 from tests.rfb_client import RfbClient
 from tests.sessions import run_code, wait_for
 
@@ -56,58 +52,18 @@ def portal(k8s_cluster: K8sEnv, tmp_path_factory: pytest.TempPathFactory
     if env.external:
         pytest.skip("needs the kubelet double: pods run the venv's JupyterLab and host data")
     state = tmp_path_factory.mktemp("k8s-portal")
-    options = pod_options(env)
-    config = state / "pods.yaml"
-    config.write_text(yaml.safe_dump({
-        "jupyter_command": list(options.jupyter_command),
-        "jupyter_extra_args": list(options.jupyter_extra_args),
-        "desktop_command": list(options.desktop_command),
-        "extra_env": dict(options.extra_env),
-        "termination_grace_s": options.termination_grace_s,
-    }))
     srv = AtriumServer(f"sqlite:///{state}/atrium.db", state,
                        ATRIUM_BACKENDS="local,kubernetes",
                        ATRIUM_K8S_KUBECONFIG=str(env.kubeconfig),
                        ATRIUM_K8S_NAMESPACE=env.namespace,
-                       ATRIUM_K8S_POD_CONFIG=str(config))
-    srv.cli("demo", "--seed-only")
-    with ThreadPoolExecutor(2) as pool:
-        # The plans on pods, with the catalogue code `atrium catalog apply` runs, in-process
-        # (every CLI call is a Python start-up: seconds on a busy machine) and in a thread
-        # of its own (asyncio.run must not touch the tests' event loop).
-        pool.submit(asyncio.run, apply_catalog_file(srv, CATALOG)).result()
-        # For the same reason, the tokens are made while the portal starts.
-        tokens = [pool.submit(srv.token, user) for user in ("alice", "bob")]
-        try:
-            srv.start()
-        except BaseException:
-            srv.stop()
-            raise
-        for token in tokens:
-            token.result()
+                       ATRIUM_K8S_POD_CONFIG=str(write_pod_config(env, state / "pods.yaml")))
+    start_with_catalog(srv, CATALOG, ("alice", "bob"))
     try:
         yield srv
     finally:
         srv.stop()
         cleanup_sessions(srv)
-        # Whatever a failed test left in the cluster: the portal's pods and secrets.
-        selector = f"{LABEL_DEPLOYMENT}={srv.deployment}"
-        env.core.delete_collection_namespaced_pod(env.namespace, label_selector=selector,
-                                                  grace_period_seconds=0,
-                                                  _preload_content=False)
-        env.core.delete_collection_namespaced_secret(env.namespace, label_selector=selector,
-                                                     _preload_content=False)
-
-
-async def apply_catalog_file(srv: AtriumServer, path: Path) -> None:
-    db = Database(normalise_database_url(srv.env["ATRIUM_DATABASE_URL"]))
-    try:
-        async with db.session() as session:
-            changes = await apply_spec(session, parse_catalog(load_catalog(path), str(path)))
-            await session.commit()
-    finally:
-        await db.close()
-    assert changes, "the test catalogue changed nothing"
+        delete_deployment_objects(env, srv.deployment)
 
 
 def launch_on_pods(client: httpx.Client, name: str, image: str,
@@ -119,14 +75,6 @@ def launch_on_pods(client: httpx.Client, name: str, image: str,
         "name": name, "plan_id": plan, "experiment_ids": [mine[p] for p in experiments or []]})
     assert r.status_code == 201, r.text
     return str(r.json()["uid"])
-
-
-def endpoints_of(srv: AtriumServer, uid: str) -> dict[str, str]:
-    """What the backend reported (stored on the instance; never shown to members)."""
-    with sqlite3.connect(srv.state_dir / "atrium.db") as db:
-        row = db.execute("SELECT endpoints FROM instances WHERE uid = ?", (uid,)).fetchone()
-    value = row[0]
-    return dict(json.loads(value) if isinstance(value, str) else value)
 
 
 def instance_processes(uid: str) -> list[int]:

@@ -10,31 +10,27 @@ plane (same set-up as ``test_k8s_portal.py``: kubelet double, the venv's Jupyter
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import httpx
 import pytest
-import yaml
 from kubernetes.client.exceptions import ApiException
 
-from spawners.base import LABEL_DEPLOYMENT, LABEL_INSTANCE
+from spawners.base import LABEL_INSTANCE
 from spawners.k8s_manifests import object_name
 from tests.conftest import AtriumServer, cleanup_sessions
-from tests.kubernetes.conftest import pod_options
-from tests.kubernetes.k8s_helpers import read
+from tests.kubernetes.k8s_helpers import delete_deployment_objects, read, write_pod_config
 from tests.kubernetes.test_k8s_portal import (
     CATALOG,
     LAB,
-    apply_catalog_file,
     instance_processes,
     launch_on_pods,
     wait_until,
 )
+from tests.portal_setup import start_with_catalog
 from tests.sessions import launch, processes_of, wait_for
 
 if TYPE_CHECKING:
@@ -54,31 +50,13 @@ def portal(k8s_cluster: K8sEnv, tmp_path_factory: pytest.TempPathFactory
     if env.external:
         pytest.skip("needs the kubelet double: pods run the venv's JupyterLab")
     state = tmp_path_factory.mktemp("k8s-resilience")
-    options = pod_options(env)
-    config = state / "pods.yaml"
-    config.write_text(yaml.safe_dump({
-        "jupyter_command": list(options.jupyter_command),
-        "jupyter_extra_args": list(options.jupyter_extra_args),
-        "desktop_command": list(options.desktop_command),
-        "extra_env": dict(options.extra_env),
-        "termination_grace_s": options.termination_grace_s,
-    }))
     srv = AtriumServer(f"sqlite:///{state}/atrium.db", state,
                        ATRIUM_BACKENDS="local,kubernetes",
                        ATRIUM_RECONCILE_INTERVAL=str(INTERVAL_S),
                        ATRIUM_K8S_KUBECONFIG=str(env.kubeconfig),
                        ATRIUM_K8S_NAMESPACE=env.namespace,
-                       ATRIUM_K8S_POD_CONFIG=str(config))
-    srv.cli("demo", "--seed-only")
-    with ThreadPoolExecutor(2) as pool:
-        pool.submit(asyncio.run, apply_catalog_file(srv, CATALOG)).result()
-        token = pool.submit(srv.token, "alice")
-        try:
-            srv.start()
-        except BaseException:
-            srv.stop()
-            raise
-        token.result()
+                       ATRIUM_K8S_POD_CONFIG=str(write_pod_config(env, state / "pods.yaml")))
+    start_with_catalog(srv, CATALOG, ("alice",))
     try:
         yield srv
     finally:
@@ -86,12 +64,7 @@ def portal(k8s_cluster: K8sEnv, tmp_path_factory: pytest.TempPathFactory
         cleanup_sessions(srv)
         if env.cluster is not None:  # a failed outage test must not leave it down
             env.cluster.start_component("kube-apiserver")
-        selector = f"{LABEL_DEPLOYMENT}={srv.deployment}"
-        env.core.delete_collection_namespaced_pod(env.namespace, label_selector=selector,
-                                                  grace_period_seconds=0,
-                                                  _preload_content=False)
-        env.core.delete_collection_namespaced_secret(env.namespace, label_selector=selector,
-                                                     _preload_content=False)
+        delete_deployment_objects(env, srv.deployment)
 
 
 def pods_of(env: K8sEnv, uid: str) -> list[str]:

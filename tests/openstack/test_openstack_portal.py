@@ -11,25 +11,18 @@ admin. One portal for the module (each start is seconds on a busy machine).
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
-from orchestrator.catalog import apply_spec, load_catalog
-from orchestrator.catalog_spec import parse_catalog
-from orchestrator.db import Database
-from orchestrator.settings import normalise_database_url
 from tests.conftest import AtriumServer, cleanup_sessions
 from tests.harness.openstack.bootstrap import CloudSettings
 from tests.openstack.helpers import tagged_servers
+from tests.portal_setup import endpoints_of, start_with_catalog
 from tests.sessions import run_code, wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -50,18 +43,7 @@ def portal(openstack_cloud: CloudSettings, tmp_path_factory: pytest.TempPathFact
                        ATRIUM_OS_CLOUD=cloud.cloud_name,
                        ATRIUM_OS_NETWORKS=cloud.network_name,
                        ATRIUM_OS_SECURITY_GROUPS=f"default,{cloud.security_group}")
-    srv.cli("demo", "--seed-only")
-    with ThreadPoolExecutor(2) as pool:
-        # in-process and in a thread of its own (asyncio.run must not touch the tests' loop)
-        pool.submit(asyncio.run, apply_catalog_file(srv, CATALOG)).result()
-        tokens = [pool.submit(srv.token, user) for user in ("alice", "bob")]
-        try:
-            srv.start()
-        except BaseException:
-            srv.stop()
-            raise
-        for token in tokens:
-            token.result()
+    start_with_catalog(srv, CATALOG, ("alice", "bob"))
     try:
         yield srv
     finally:
@@ -72,26 +54,6 @@ def portal(openstack_cloud: CloudSettings, tmp_path_factory: pytest.TempPathFact
             for server in conn.compute.servers(all_projects=True,
                                                tags=f"atrium-deployment={srv.deployment}"):
                 conn.compute.delete_server(server, force=True)
-
-
-async def apply_catalog_file(srv: AtriumServer, path: Path) -> None:
-    """What `atrium catalog apply` does, in-process (a CLI call is seconds of start-up)."""
-    db = Database(normalise_database_url(srv.env["ATRIUM_DATABASE_URL"]))
-    try:
-        async with db.session() as session:
-            changes = await apply_spec(session, parse_catalog(load_catalog(path), str(path)))
-            await session.commit()
-    finally:
-        await db.close()
-    assert changes, "the test catalogue changed nothing"
-
-
-def endpoints_of(srv: AtriumServer, uid: str) -> dict[str, str]:
-    """What the backend reported (stored on the instance; never shown to members)."""
-    with sqlite3.connect(srv.state_dir / "atrium.db") as db:
-        row = db.execute("SELECT endpoints FROM instances WHERE uid = ?", (uid,)).fetchone()
-    value = row[0]
-    return dict(json.loads(value) if isinstance(value, str) else value)
 
 
 def launch_on_vm(client: httpx.Client, name: str, flavour: str) -> str:

@@ -1,0 +1,55 @@
+"""Starting a real portal for backend end-to-end tests (Kubernetes, OpenStack)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from orchestrator.catalog import apply_spec, load_catalog
+from orchestrator.catalog_spec import parse_catalog
+from orchestrator.db import Database
+from orchestrator.settings import normalise_database_url
+from tests.conftest import AtriumServer
+
+
+async def apply_catalog_file(srv: AtriumServer, path: Path) -> None:
+    """What `atrium catalog apply` does, in-process (a CLI call is seconds of start-up)."""
+    db = Database(normalise_database_url(srv.env["ATRIUM_DATABASE_URL"]))
+    try:
+        async with db.session() as session:
+            changes = await apply_spec(session, parse_catalog(load_catalog(path), str(path)))
+            await session.commit()
+    finally:
+        await db.close()
+    assert changes, "the test catalogue changed nothing"
+
+
+def start_with_catalog(srv: AtriumServer, catalog: Path, users: Sequence[str]) -> None:
+    """Seed the demo data, apply ``catalog``, make the users' tokens and start ``srv``.
+
+    The catalogue is applied in a thread of its own (asyncio.run must not touch the tests'
+    event loop), and the tokens are made while the portal starts.
+    """
+    srv.cli("demo", "--seed-only")
+    with ThreadPoolExecutor(2) as pool:
+        pool.submit(asyncio.run, apply_catalog_file(srv, catalog)).result()
+        tokens = [pool.submit(srv.token, user) for user in users]
+        try:
+            srv.start()
+        except BaseException:
+            srv.stop()
+            raise
+        for token in tokens:
+            token.result()
+
+
+def endpoints_of(srv: AtriumServer, uid: str) -> dict[str, str]:
+    """What the backend reported (stored on the instance; never shown to members)."""
+    with sqlite3.connect(srv.state_dir / "atrium.db") as db:
+        row = db.execute("SELECT endpoints FROM instances WHERE uid = ?", (uid,)).fetchone()
+    value = row[0]
+    return dict(json.loads(value) if isinstance(value, str) else value)
