@@ -71,7 +71,10 @@ class CloudSettings:
         if admin:
             auth.update(username=self.admin_username, password=self.admin_password,
                         project_name=self.admin_project_name)
-        return openstack.connection.Connection(region_name=self.region_name, auth=auth)
+        # gunicorn may close an idle keep-alive connection just as the client reuses it:
+        # retry such connection failures instead of failing the test on them.
+        return openstack.connection.Connection(region_name=self.region_name, auth=auth,
+                                               connect_retries=3)
 
     def as_dict(self) -> dict[str, str]:
         return asdict(self)
