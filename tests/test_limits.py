@@ -149,6 +149,11 @@ def test_bodies_up_to_the_limit_are_read(bounded: AtriumServer) -> None:
     assert r.status_code == 413 and r.json()["error"]["status"] == 413
     r = alice.post("/api/v1/instances", content=b"{not json" + b" " * (MiB - 9))
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    # A chunked body announces no length: Tornado cuts it off at the bound (400, closed).
+    sock = connect(bounded, "POST /api/v1/instances HTTP/1.1\nHost: 127.0.0.1\n"
+                            "Transfer-Encoding: chunked\n", f"{2 * MiB:x}\r\n".encode())
+    assert sock.recv(100).startswith(b"HTTP/1.1 400 ")
+    assert sock.recv(100) == b""
 
 
 def test_slow_clients_are_cut_off_by_the_body_and_idle_timeouts(bounded: AtriumServer
