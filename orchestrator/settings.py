@@ -60,6 +60,7 @@ start-up and raises :class:`SettingsError` naming the variable and what was expe
 | ATRIUM_SMTP_FROM | atrium@localhost | the sender of notifications |
 | ATRIUM_SMTP_STARTTLS | false | upgrade the connection with STARTTLS |
 | ATRIUM_SMTP_USERNAME / _PASSWORD | (none) | mail server login (or SMTP_PASSWORD_FILE) |
+| ATRIUM_MAX_BODY, ... | see settings_limits.py | resource bounds: bodies, timeouts, connections |
 
 (1) https, or http on loopback only; discovery at ISSUER/.well-known/openid-configuration.
 Register ``PUBLIC_URL/login/oidc/callback`` as the client's redirect URI,
@@ -90,6 +91,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from orchestrator.settings_limits import Limits, load_limits
 
 # The default lifetime rules (4): staff roles get longer.
 _STAFF_ROLES = ("STAFF", "ADMIN", "SUPPORT", "INSTRUMENT_SCIENTIST")
@@ -161,6 +164,7 @@ class Settings:
     smtp_starttls: bool = False
     smtp_username: str = ""
     smtp_password: str = field(default="", repr=False)
+    limits: Limits = field(default_factory=Limits)  # settings_limits.py
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -327,6 +331,7 @@ def load_settings(env: dict[str, str] | None = None, **overrides: object) -> Set
         session_idle_timeout=_number(env, "ATRIUM_SESSION_IDLE_TIMEOUT", 86400.0, minimum=1),
         **_oidc(env),
         **_lifetime(env),
+        limits=load_limits(env),
     )
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
