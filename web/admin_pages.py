@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from orchestrator import admin, catalog, lifecycle
+from orchestrator.announce import Change
 from orchestrator.catalog_spec import (
     BACKENDS,
     PROTOCOLS,
@@ -400,12 +401,11 @@ class AdminUsersPage(AdminPage):
                 await admin.set_roles_and_groups(
                     s, await self.load_user(s), user, roles=list(self.get_arguments("roles")),
                     groups=[g.strip() for g in groups.split(",") if g.strip()])
-                await s.commit()
                 username = user.username
+                await self.portal.commit(s, Change("user", str(user.id)))
         except RequestError as err:
             await self.fail(err, form=form)
             return
-        self.portal.principals.invalidate(int(uid))
         self.done(f"{username}: roles and groups saved")
 
 

@@ -24,6 +24,7 @@ import logging
 from sqlalchemy import select
 
 from orchestrator import logins
+from orchestrator.announce import Change
 from orchestrator.logins import IdentityConflict
 from orchestrator.models import LoginSession, UserIdentity
 from web.auth import ProviderCheck
@@ -167,7 +168,7 @@ class BackchannelLogoutHandler(OidcHandler):
                 digests = await logins.revoke_by_provider_sid(s, str(claims["sid"]))
             else:
                 digests = await logins.revoke_by_subject(s, self.oidc.issuer, str(claims["sub"]))
-            await s.commit()
+            await self.portal.commit(s, *(Change("session", d) for d in digests))
         for digest in digests:
             self.portal.auth.forget(digest)
         log.info("back-channel logout: %d login(s) ended (sid=%s)", len(digests),
@@ -209,7 +210,7 @@ def provider_check(portal: Portal, client: OidcClient) -> ProviderCheck:
             log.info("provider session ended for user %s: %s", user_id, err)
             async with portal.db.session() as s:
                 await logins.revoke(s, digest)
-                await s.commit()
+                await portal.commit(s, Change("session", digest))
             return False
         except (ProviderUnreachable, LoginRefused) as err:
             log.warning("cannot check the provider session of user %s: %s", user_id,
