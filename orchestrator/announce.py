@@ -83,11 +83,12 @@ def decode(payload: str) -> tuple[str, list[Change]]:
     try:
         data = json.loads(payload)
         origin = str(data.get("o", ""))
-        items = data.get("c", [])
-    except (ValueError, AttributeError):
+        items = list(data.get("c", []))
+    except (ValueError, AttributeError, TypeError):
         return "", [EVERYTHING]  # unreadable: assume the worst
-    changes = [Change(str(kind), str(key)) for kind, key in
-               (i for i in items if isinstance(i, list) and len(i) == 2) if kind in KINDS]
+    changes = [Change(kind, str(key)) for kind, key in
+               (i for i in items if isinstance(i, list) and len(i) == 2)
+               if isinstance(kind, str) and kind in KINDS]
     return origin, changes
 
 
