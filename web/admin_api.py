@@ -337,7 +337,7 @@ class AdminCatalogHandler(AdminApiHandler):
             if dry_run:
                 await s.rollback()
             else:
-                await s.commit()
+                await self.portal.commit(s, Change("catalogue"))
         self.send({"applied": not dry_run, "changes": [str(c) for c in changes]})
 
 

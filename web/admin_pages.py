@@ -130,12 +130,10 @@ class AdminInstancesPage(AdminPage):
                 if instance is None:
                     raise RequestError(f"no instance {uid}", 404)
                 await lifecycle.request_action(s, await self.load_user(s), instance, action)
-                await s.commit()
+                await self.portal.commit(s, Change("instance", uid), kick=uid)
         except RequestError as err:
             await self.fail(err)
             return
-        self.portal.changed(uid)
-        self.portal.reconciler.kick(uid)
         self.redirect(back)
 
 
