@@ -10,9 +10,9 @@ from typing import Any
 
 from sqlalchemy import select
 
+from orchestrator.announce import Announcer, Change
 from orchestrator.catalog import apply_spec, dump_catalog, export_catalog, load_catalog
 from orchestrator.catalog_spec import parse_catalog
-from orchestrator.announce import Announcer, Change
 from orchestrator.db import Database
 from orchestrator.errors import RequestError
 from orchestrator.settings import Settings
