@@ -69,10 +69,17 @@ class Portal:
         """An instance changed (committed): drop its cached route here at once and announce
         the change to every process in the background."""
         self.routes.invalidate(uid)
+        self._announce_soon(Change("instance", uid))
+
+    def changed_user(self, user_id: int) -> None:
+        """A user's roles changed (committed): as :meth:`changed`, for the user."""
+        self.principals.invalidate(user_id)
+        self._announce_soon(Change("user", str(user_id)))
+
+    def _announce_soon(self, change: Change) -> None:
         if self.announcer is None:
             return
-        task = asyncio.get_running_loop().create_task(self._announce_logged(
-            Change("instance", uid)))
+        task = asyncio.get_running_loop().create_task(self._announce_logged(change))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
