@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from orchestrator.connections import EXPIRY
 from tests.conftest import AtriumServer, Databases, cleanup_sessions
 from tests.revocation_helpers import (
     WITHIN,
@@ -23,6 +24,7 @@ from tests.revocation_helpers import (
     token_headers,
 )
 from tests.sessions import launch, wait_for
+from web.presence import HEARTBEAT
 
 Replicas = tuple[AtriumServer, AtriumServer]
 
@@ -131,3 +133,27 @@ async def test_a_lost_listener_reconnects_and_drops_every_cache(replicas: Replic
     set_member(b.client("alice"), shared, "carol", None)
     eventually(lambda: lab_status(a, "carol", shared) == 404, WITHIN, "removed on A")
 
+
+
+async def test_the_connections_of_a_crashed_replica_expire(replicas: Replicas,
+                                                           shared: str) -> None:
+    a, b = replicas
+    owner = await open_kernel(a, shared, token_headers(a.token("alice")))
+    sql = ("SELECT count(*) FROM live_connections WHERE instance_uid = :uid "
+           "AND protocol = 'lab'")
+    for _ in range(100):  # the row is written just after the WebSocket opens
+        if (await query(a, sql, uid=shared))[0][0] == 1:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("no row for the open WebSocket")
+    a.kill()  # no clean-up: its rows stay until they expire
+    owner.close()
+    # B's heartbeats delete them once EXPIRY passed without a beat from A (bounded wait).
+    for _ in range(int((EXPIRY + HEARTBEAT + 15) * 10)):
+        if (await query(b, sql, uid=shared))[0][0] == 0:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the dead replica's connection row did not expire")
+    a.start()
