@@ -109,6 +109,7 @@ class Announcer:
         self.listening = asyncio.Event()  # set while the listener is connected
         self.reconnects = 0
         self._receivers: list[Receiver] = []
+        self._deliveries: set[asyncio.Task[None]] = set()
 
     def subscribe(self, receiver: Receiver) -> None:
         self._receivers.append(receiver)
@@ -151,13 +152,16 @@ class Announcer:
         origin, changes = decode(payload)
         if origin == self.origin:
             return  # delivered at commit already
-        asyncio.get_running_loop().create_task(self.deliver(changes))
+        task = asyncio.get_running_loop().create_task(self.deliver(changes))
+        self._deliveries.add(task)  # held until done (the loop keeps only weak references)
+        task.add_done_callback(self._deliveries.discard)
 
     async def listen(self, check_interval: float = 5.0, retry: float = 1.0) -> None:
         """Receive other processes' announcements until cancelled (PostgreSQL only).
 
         A lost connection is noticed by asyncpg's termination callback or by the periodic
-        check query; after every (re)connection every cache is dropped.
+        check query; after every reconnection every cache is dropped (announcements may
+        have been missed meanwhile).
         """
         if not self.postgres:
             return
@@ -185,6 +189,8 @@ class Announcer:
                 raise
             except Exception as err:
                 log.warning("announcement listener lost its connection: %r", err)
+            else:
+                log.warning("announcement listener lost its connection")
             finally:
                 self.listening.clear()
                 if conn is not None and not conn.is_closed():
