@@ -14,6 +14,7 @@ start-up and raises :class:`SettingsError` naming the variable and what was expe
 | ATRIUM_DEMO_MODE | false | enables the development login (demo users, no password) |
 | ATRIUM_DEPLOYMENT_ID | atrium | labels every backend resource; one per installation |
 | ATRIUM_BACKENDS | local | enabled backends, comma separated |
+| ATRIUM_CACHE_TTL | 10 | seconds caches keep facts (a safety net: changes are announced) |
 | ATRIUM_RECONCILE_INTERVAL | 10 | seconds between full reconcile passes |
 | ATRIUM_START_TIMEOUT | 180 | seconds a session may take to answer before ERROR |
 | ATRIUM_EXPERIMENTS_FILE | (none) | YAML/CSV experiment catalogue to sync from |
@@ -116,6 +117,7 @@ class Settings:
     deployment_id: str = "atrium"
     backends: tuple[str, ...] = ("local",)
     reconcile_interval: float = 10.0
+    cache_ttl: float = 10.0
     start_timeout: float = 180.0
     experiments_file: Path | None = None
     experiments_sql_url: str = ""
@@ -310,6 +312,7 @@ def load_settings(env: dict[str, str] | None = None, **overrides: object) -> Set
         deployment_id=deployment_id,
         backends=backends,
         reconcile_interval=_number(env, "ATRIUM_RECONCILE_INTERVAL", 10.0, minimum=0.1),
+        cache_ttl=_number(env, "ATRIUM_CACHE_TTL", 10.0, minimum=0.0),
         start_timeout=_number(env, "ATRIUM_START_TIMEOUT", 180.0, minimum=1),
         experiments_file=Path(experiments_file) if experiments_file else None,
         experiments_sql_url=env.get("ATRIUM_EXPERIMENTS_SQL_URL", ""),

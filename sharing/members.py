@@ -76,8 +76,15 @@ async def add_member(session: AsyncSession, actor: User, instance: Instance, who
     return member
 
 
+def read_secrets(before: MemberRole | None, after: MemberRole | None) -> bool:
+    """Did a member lose the access through which they could read the instance's secrets
+    (a USER runs code in the session; a GUEST only watches)? Then rotate them."""
+    return before is MemberRole.USER and after is not MemberRole.USER
+
+
 async def change_role(session: AsyncSession, actor: User, instance: Instance, username: str,
-                      role: object) -> None:
+                      role: object) -> MemberRole:
+    """Set a member's role; returns the role they had."""
     await require(session, actor, instance, Action.MANAGE_MEMBERS)
     member_role = grantable_role(role)
     member = next((m for m in instance.members if m.user.username == username), None)
@@ -85,13 +92,15 @@ async def change_role(session: AsyncSession, actor: User, instance: Instance, us
         raise RequestError(f"{username} is not a member", 404)
     if member.role is MemberRole.OWNER:
         raise RequestError("the owner's role cannot be changed", 409)
-    member.role = member_role
+    before, member.role = member.role, member_role
     record(session, instance, actor, "member-role", f"{username} is now {member_role.value}")
+    return before
 
 
 async def remove_member(session: AsyncSession, actor: User, instance: Instance,
-                        username: str) -> None:
-    """The owner (or an admin) removes a member; members may remove themselves."""
+                        username: str) -> MemberRole:
+    """The owner (or an admin) removes a member; members may remove themselves. Returns
+    the role they had."""
     if username != actor.username:
         await require(session, actor, instance, Action.MANAGE_MEMBERS)
     member = next((m for m in instance.members if m.user.username == username), None)
@@ -102,6 +111,7 @@ async def remove_member(session: AsyncSession, actor: User, instance: Instance,
     instance.members.remove(member)
     await session.delete(member)
     record(session, instance, actor, "member-removed", username)
+    return member.role
 
 
 async def set_unrestricted(session: AsyncSession, actor: User, instance: Instance,

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from orchestrator import admin, catalog
+from orchestrator.announce import Change
 from orchestrator.catalog_spec import (
     CatalogError,
     parse_catalog,
@@ -275,8 +276,8 @@ class AdminUserHandler(AdminApiHandler):
             actor = await self.load_user(s)
             await admin.set_roles_and_groups(s, actor, user, roles=body.get("roles"),
                                              groups=body.get("groups"))
-            await s.commit()
-        self.portal.principals.invalidate(int(oid))  # roles take effect at once here
+            # Roles take effect at once, on every replica and on open connections.
+            await self.portal.commit(s, Change("user", str(user.id)))
         await self.get(oid)
 
 
@@ -336,7 +337,7 @@ class AdminCatalogHandler(AdminApiHandler):
             if dry_run:
                 await s.rollback()
             else:
-                await s.commit()
+                await self.portal.commit(s, Change("catalogue"))
         self.send({"applied": not dry_run, "changes": [str(c) for c in changes]})
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from orchestrator import admin, catalog, lifecycle
+from orchestrator.announce import Change
 from orchestrator.catalog_spec import (
     BACKENDS,
     PROTOCOLS,
@@ -129,12 +130,10 @@ class AdminInstancesPage(AdminPage):
                 if instance is None:
                     raise RequestError(f"no instance {uid}", 404)
                 await lifecycle.request_action(s, await self.load_user(s), instance, action)
-                await s.commit()
+                await self.portal.commit(s, Change("instance", uid), kick=uid)
         except RequestError as err:
             await self.fail(err)
             return
-        self.portal.changed(uid)
-        self.portal.reconciler.kick(uid)
         self.redirect(back)
 
 
@@ -400,12 +399,11 @@ class AdminUsersPage(AdminPage):
                 await admin.set_roles_and_groups(
                     s, await self.load_user(s), user, roles=list(self.get_arguments("roles")),
                     groups=[g.strip() for g in groups.split(",") if g.strip()])
-                await s.commit()
                 username = user.username
+                await self.portal.commit(s, Change("user", str(user.id)))
         except RequestError as err:
             await self.fail(err, form=form)
             return
-        self.portal.principals.invalidate(int(uid))
         self.done(f"{username}: roles and groups saved")
 
 

@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from orchestrator import lifecycle
+from orchestrator.announce import Change
 from orchestrator.errors import RequestError
 from orchestrator.models import (
     Experiment,
@@ -150,9 +151,7 @@ class InstanceHandler(ApiHandler):
         async with self.portal.db.session() as s:
             instance = await visible_instance(s, who, uid)
             await lifecycle.request_action(s, await self.load_user(s), instance, action)
-            await s.commit()
-        self.portal.changed(uid)
-        self.portal.reconciler.kick(uid)
+            await self.portal.commit(s, Change("instance", uid), kick=uid)
         async with self.portal.db.session() as s:
             self.send(instance_json(await visible_instance(s, who, uid), who), 202)
 

@@ -13,6 +13,7 @@ from tornado.httpclient import AsyncHTTPClient
 from tornado.netutil import Resolver
 from tornado.routing import Rule
 
+from orchestrator.announce import Announcer
 from orchestrator.db import Database
 from orchestrator.experiments_sync import periodic_sync
 from orchestrator.lifetime import LifetimeService
@@ -35,6 +36,7 @@ from web.oidc_client import OidcClient
 from web.portal import Portal
 from web.proxy import IsWebSocket, LabProxyHandler, LabWebSocketProxy
 from web.resolver import IPLiteralResolver
+from web.revocation import connect_revocation
 from web.routes import PrincipalCache, RouteTable
 from web.sharing_api import SHARING_ROUTES
 from web.sharing_pages import SHARING_PAGES
@@ -96,16 +98,21 @@ def make_templates() -> jinja2.Environment:
 
 
 async def build_portal(settings: Settings, db: Database) -> Portal:
-    routes = RouteTable(db)
-    principals = PrincipalCache(db)
+    routes = RouteTable(db, ttl=settings.cache_ttl)
+    principals = PrincipalCache(db, ttl=settings.cache_ttl)
     backends = make_backends(settings)
     reconciler = Reconciler(db, backends, interval=settings.reconcile_interval,
-                            start_timeout=settings.start_timeout, on_change=routes.invalidate)
+                            start_timeout=settings.start_timeout,
+                            on_change=lambda uid: portal.changed(uid))
     portal = Portal(settings=settings, db=db, reconciler=reconciler, routes=routes,
                     principals=principals,
-                    auth=Authenticator(db, principals, settings=settings),
+                    auth=Authenticator(db, principals, token_ttl=settings.cache_ttl,
+                                       settings=settings, session_ttl=settings.cache_ttl),
                     templates=make_templates(),
-                    oidc=OidcClient(settings) if settings.oidc_enabled else None)
+                    oidc=OidcClient(settings) if settings.oidc_enabled else None,
+                    announcer=Announcer(db))
+    portal.auth.announcer = portal.announcer
+    connect_revocation(portal, replica=leader_name(settings.host, settings.port))
     if portal.oidc is not None:
         portal.auth.provider_check = oidc.provider_check(portal, portal.oidc)
 
@@ -140,9 +147,11 @@ async def serve(settings: Settings) -> None:
                              holder=leader_name(settings.host, settings.port),
                              lease=settings.leader_lease)
     scheduler.start()
-    # Revocation and the owner's absence reach open connections within seconds.
-    presence_task = asyncio.get_running_loop().create_task(
-        portal.presence.watch(portal.routes.get))
+    # Revocation reaches open connections at once (announcements) and, as a safety net and
+    # for the owner's absence, within seconds.
+    presence_task = asyncio.get_running_loop().create_task(portal.presence.watch())
+    assert portal.announcer is not None
+    listen_task = asyncio.get_running_loop().create_task(portal.announcer.listen())
     sync_task = None
     if settings.experiments_sync_interval > 0:
         sync_task = asyncio.get_running_loop().create_task(periodic_sync(settings, db))
@@ -162,6 +171,11 @@ async def serve(settings: Settings) -> None:
     log.info("stopping")
     server.stop()
     presence_task.cancel()
+    listen_task.cancel()
+    try:
+        await portal.presence.stop()
+    except Exception:
+        log.exception("removing this process's connection rows failed")
     if sync_task:
         sync_task.cancel()
     await scheduler.stop()

@@ -26,6 +26,7 @@ from spawners.base import BackendError
 from web import rfb
 from web.api import visible_instance
 from web.base import ApiHandler, BaseHandler
+from web.credentials import credential_of
 from web.proxy import ProxyAuth, Refusal, cross_origin_error
 from web.routes import Route
 
@@ -98,7 +99,7 @@ class DesktopBridge(ProxyAuth, tornado.websocket.WebSocketHandler):
         assert isinstance(route, Route)
         self.uid = uid
         self.user_id = self.principal.user_id if self.principal else 0
-        present = self.portal.presence.connected(uid, route.access.owner_id)
+        present = await self.portal.presence.present(uid, route.access.owner_id)
         self.can_input = bool(authorize(self.principal, route.access, Action.DESKTOP_INPUT,
                                         present))
         try:
@@ -120,7 +121,8 @@ class DesktopBridge(ProxyAuth, tornado.websocket.WebSocketHandler):
         return None
 
     def open(self, *args: str) -> None:
-        self.portal.presence.opened(self.uid, self)
+        self.portal.presence.opened(self.uid, self, credential_of(
+            self.portal.auth, self, self.principal), "desktop")
         self.set_nodelay(True)  # framebuffer updates come in bursts (see web/proxy.py)
         # Our side of the handshake with the browser: same version, no authentication.
         self.write_message(rfb.VERSION, binary=True)
@@ -208,7 +210,7 @@ class DesktopPage(BaseHandler):
         route = await self.portal.routes.get(uid)
         if route is None:
             raise tornado.web.HTTPError(404, "no such instance")
-        present = self.portal.presence.connected(uid, route.access.owner_id)
+        present = await self.portal.presence.present(uid, route.access.owner_id)
         decision = authorize(self.principal, route.access, Action.DESKTOP_WATCH, present)
         if not decision:
             raise tornado.web.HTTPError(decision.status, decision.reason)

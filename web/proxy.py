@@ -26,6 +26,7 @@ from sharing.policy import Action, authorize
 from web import activity, bodylimit
 from web.auth import SESSION_COOKIE
 from web.base import BaseHandler
+from web.credentials import credential_of
 from web.limits import INSTANCE_BUSY, TOO_MANY_USER_CONNECTIONS, Lease, Ticket
 from web.routes import Route
 
@@ -108,7 +109,7 @@ class ProxyAuth:
             return Refusal(404, "no such instance")
         presence = handler.portal.presence
         decision = authorize(handler.principal, route.access, self.action,
-                             presence.connected(uid, route.access.owner_id))
+                             await presence.present(uid, route.access.owner_id))
         if not decision:
             request = handler.request
             if decision.status == 401 and request.method == "GET" and not (
@@ -177,6 +178,9 @@ class LabProxyHandler(ProxyAuth, BaseHandler):
         bodylimit.lift(self.request, self.portal.settings.limits)  # authorised: may stream
         if activity.is_use(self.request.method, self.request.headers):
             activity.note(self.portal.activity, self.path_args[0])
+        # An in-flight request is an open connection too: revocation aborts it.
+        self.portal.presence.opened(self.path_args[0], self, credential_of(
+            self.portal.auth, self, self.principal), "http")
         has_body = ("Content-Length" in self.request.headers and
                     self.request.headers["Content-Length"] != "0") or (
                     "Transfer-Encoding" in self.request.headers)
@@ -276,6 +280,15 @@ class LabProxyHandler(ProxyAuth, BaseHandler):
         self.release()
         if self._ticket is not None:
             self._ticket.close()
+        if self.path_args:
+            self.portal.presence.closed(self.path_args[0], self)
+
+    def revalidate(self, route: Route | None, owner_present: bool) -> None:
+        """Abort the request (both ways) when the policy no longer allows it."""
+        if route is None or not authorize(self.principal, route.access, Action.OPEN_LAB,
+                                          owner_present):
+            if self.request.connection is not None:
+                self.request.connection.close()  # type: ignore[attr-defined]
 
 
 class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
@@ -338,7 +351,8 @@ class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
     def open(self, *args: str) -> None:
         self.uid = args[0]
         self.user_id = self.principal.user_id
-        self.portal.presence.opened(self.uid, self)
+        self.portal.presence.opened(self.uid, self, credential_of(
+            self.portal.auth, self, self.principal), "lab")
         # Kernels answer with bursts of frames: with Nagle on, the later ones wait for the
         # peer's delayed ACK (~40 ms).
         self.set_nodelay(True)

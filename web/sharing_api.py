@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from orchestrator.announce import Change
 from orchestrator.errors import RequestError
 from orchestrator.models import Instance, InstanceStatus
 from sharing import members as sharing
@@ -13,6 +15,7 @@ from sharing.models import AccessRequest
 from sharing.policy import Action
 from web.api import instance_json, iso, visible_instance
 from web.base import ApiHandler
+from web.revocation import rotate_exposed_secrets
 
 ID = r"([0-9a-f]{1,32})"
 
@@ -29,10 +32,14 @@ def request_json(r: AccessRequest, uid: str = "") -> dict[str, Any]:
 
 
 class SharingHandler(ApiHandler):
-    """Common steps: load the instance the caller may see, act, commit, revalidate."""
+    """Common steps: load the instance the caller may see, act, commit and announce (open
+    connections are re-checked on every replica)."""
 
     async def changed(self, uid: str) -> None:
         await self.portal.revalidate(uid)
+
+    async def commit(self, session: AsyncSession, uid: str) -> None:
+        await self.portal.commit(session, Change("instance", uid))
 
 
 class MembersHandler(SharingHandler):
@@ -61,20 +68,23 @@ class MemberHandler(SharingHandler):
         body = self.json_body()
         async with self.portal.db.session() as s:
             instance = await visible_instance(s, who, uid)
-            await sharing.change_role(s, await self.load_user(s), instance, username,
-                                      body.get("role"))
-            await s.commit()
+            before = await sharing.change_role(s, await self.load_user(s), instance, username,
+                                               body.get("role"))
             data = [member_json(m) for m in instance.members]
-        await self.changed(uid)
+            after = next(m.role for m in instance.members if m.user.username == username)
+            await self.commit(s, uid)
+        if sharing.read_secrets(before, after):
+            await rotate_exposed_secrets(self.portal, uid)
         self.send(data)
 
     async def delete(self, uid: str, username: str) -> None:
         who = self.require_user()
         async with self.portal.db.session() as s:
             instance = await visible_instance(s, who, uid)
-            await sharing.remove_member(s, await self.load_user(s), instance, username)
-            await s.commit()
-        await self.changed(uid)
+            before = await sharing.remove_member(s, await self.load_user(s), instance, username)
+            await self.commit(s, uid)
+        if sharing.read_secrets(before, None):
+            await rotate_exposed_secrets(self.portal, uid)
         self.set_status(204)
         self.finish()
 
