@@ -78,8 +78,7 @@ def ensure_templates(venv: Path, render: procs.ConfigRenderer, lock_dir: Path,
     names = {db: f"{prefix}{key}_{db}" for db in DATABASES}
     if set(names.values()) <= _existing(prefix + key):
         return names
-    lock = "openstack-templates.lock" if prefix == PREFIX else f"{prefix}templates.lock"
-    with procs.file_lock(lock_dir / lock):
+    with procs.file_lock(lock_dir / "openstack-templates.lock"):  # one build at a time
         if set(names.values()) <= _existing(prefix + key):
             return names  # another test run built them while we waited
         procs.drop_databases(_stale(prefix, key) + [f"{n}_wip" for n in names.values()])
