@@ -28,7 +28,9 @@ from spawners.cloudinit import BootSettings, MountTemplate, render_user_data
 from tests.conftest import ROOT, need
 from tests.harness.openstack.guest import sandbox
 
-TEST_MOUNTS = {"default": MountTemplate(device="{source}", fstype="none", options="bind")}
+# the harness' "file server": the host's filesystem, read-only in every guest
+TEST_MOUNTS = {"default": MountTemplate(device=sandbox.FILE_SERVER + "{source}", fstype="none",
+                                        options="bind")}
 OWNER = Owner("alice", uid=2001, gid=3001, email="alice@example.org")
 
 
@@ -82,10 +84,9 @@ def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
     user_data = base / "user-data"
     user_data.write_text(text)
     address = f"127.44.{random.randint(1, 254)}.{random.randint(1, 254)}"
-    # the "image" software (the venv holding JupyterLab, the interpreter it links to) and
-    # the "file server" the mount template points at
-    visible = sorted({str(Path(sys.executable).parent.parent), sys.base_prefix,
-                      str(base / "exports")})
+    # the "image" software: the venv holding JupyterLab and the interpreter it links to
+    visible = sorted({str(Path(sys.executable).parent.parent), sys.base_prefix})
+    sandbox.validate(user_data)
     g = Guest(uid, token, address, base / "disk", data, base / "console.log")
     proc = sandbox.boot(g.disk, user_data, hostname=uid, address=address, log=g.log,
                         lab_path=str(Path(sys.executable).parent), lab_pythonpath=str(ROOT),
@@ -159,4 +160,5 @@ def test_experiment_data_is_mounted_read_only(guest: Guest) -> None:
     assert status >= 400, body
     assert sorted(p.name for p in guest.data.iterdir()) == ["readme.txt"]
     fstab = (guest.disk / "etc" / "fstab").read_text()
-    assert f"{guest.data} /home/alice/data/20261234 none ro,bind 0 0" in fstab
+    assert (f"{sandbox.FILE_SERVER}{guest.data} /home/alice/data/20261234 none ro,bind 0 0"
+            in fstab)

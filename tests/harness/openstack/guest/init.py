@@ -5,9 +5,12 @@ Runs as PID 1 of the sandbox (see sandbox.py) with the host's /usr/bin/python3:
 templates use: ``bootcmd`` (init stage), ``write_files`` (content/encoding/owner/
 permissions/append), ``groups`` and ``users`` (useradd), ``mounts`` (fstab + ``mount -a``),
 ``runcmd`` (final stage: one shell script, as cloud-init writes it), then deferred
-``write_files``. Keys it does not execute are listed in the log (cloud-init would act on
-them; the harness would not). Then it stays up reaping orphans, as an init does; the
-sandbox (and every service it started) ends when it is killed.
+``write_files``; these run once per instance, as in cloud-init (a marker on the guest's
+disk). Every boot runs ``bootcmd``; later boots then do what systemd would at start-up:
+``mount -a`` and start the units enabled in multi-user.target.wants (guest/bin/systemctl).
+Keys it does not execute are listed in the log (cloud-init would act on them; the harness
+would not). Then it stays up reaping orphans, as an init does; the sandbox (and every
+service it started) ends when it is killed.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from typing import Any
 
 import yaml
 
+BOOT_FINISHED = "/var/lib/cloud/instance/boot-finished"
+WANTS = "/etc/systemd/system/multi-user.target.wants"
 HANDLED = {"bootcmd", "write_files", "groups", "users", "mounts", "runcmd"}
 IGNORED = {"atrium"}  # not a cloud-init module: cloud-init itself ignores it
 
@@ -120,6 +125,15 @@ def mounts(entries: list[list[Any]]) -> None:
     log(f"mounts: mount -a: exit {subprocess.call(['mount', '-a'])}")
 
 
+def later_boot() -> None:
+    """What systemd does when the instance boots again: fstab, then the enabled units."""
+    log(f"mount -a: exit {subprocess.call(['mount', '-a'])}")
+    units = sorted(os.listdir(WANTS)) if os.path.isdir(WANTS) else []
+    if units:
+        log(f"systemctl start: exit {subprocess.call(['systemctl', 'start', *units])}")
+    log("boot finished (units enabled at first boot started again)")
+
+
 def reap_forever() -> None:
     while True:
         try:
@@ -137,6 +151,9 @@ def main(path: str) -> None:
         log(f"not executed by the harness: {', '.join(not_run)}")
     if doc.get("bootcmd"):
         run_script("bootcmd", doc["bootcmd"])
+    if os.path.exists(BOOT_FINISHED):
+        later_boot()
+        reap_forever()
     write_files(doc.get("write_files") or [], deferred=False)
     if doc.get("groups"):
         groups(doc["groups"])
@@ -146,6 +163,9 @@ def main(path: str) -> None:
     if doc.get("runcmd"):
         run_script("runcmd", doc["runcmd"])
     write_files(doc.get("write_files") or [], deferred=True)
+    os.makedirs(os.path.dirname(BOOT_FINISHED), exist_ok=True)
+    with open(BOOT_FINISHED, "w") as f:
+        f.write(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
     log("boot finished")
     reap_forever()
 

@@ -10,7 +10,10 @@ The harness has no hypervisor, so a "VM" is a bubblewrap sandbox on the test mac
   "image": its programs, plus the ``visible`` dirs, e.g. the venv that holds JupyterLab);
 * the host's network (deliberate difference: no VM network, so the server's fixed
   127.x address stands in for its NIC, and services asked to listen on 0.0.0.0 listen on
-  that address instead; see guest/bin/systemctl).
+  that address instead; see guest/bin/systemctl);
+* the host's whole filesystem, read-only, at :data:`FILE_SERVER` (/run/atrium-lab/host):
+  the harness' "file server", where a test mount template points (e.g. device
+  ``/run/atrium-lab/host{source}``, fstype ``none``, options ``bind``).
 
 :func:`validate` checks user-data with cloud-init's own schema (Debian's ``cloud-init``);
 :func:`boot_argv` builds the command that runs ``guest/init.py`` (what cloud-init would
@@ -33,6 +36,7 @@ DISK_DIRS = ("etc", "home", "usr-local", "var/log", "var/lib", "var/tmp", "var/m
              "var/spool", "var/cache")
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 USER_DATA = "/run/atrium-lab/user-data"  # where the guest sees its user-data
+FILE_SERVER = "/run/atrium-lab/host"
 
 
 class GuestError(RuntimeError):
@@ -94,7 +98,7 @@ def boot_argv(disk: Path, user_data: Path, *, hostname: str,
                 made.add(str(parent))
                 argv += ["--perms", "0755", "--dir", str(parent)]
         argv += ["--ro-bind", path, path]
-    argv += ["--ro-bind", str(user_data), USER_DATA,
+    argv += ["--ro-bind", "/", FILE_SERVER, "--ro-bind", str(user_data), USER_DATA,
              "/usr/bin/python3", str(GUEST / "init.py"), USER_DATA]
     return argv
 
@@ -110,8 +114,8 @@ def guest_env(*, address: str, lab_path: str = "", lab_pythonpath: str = "",
 def boot(disk: Path, user_data: Path, *, hostname: str, address: str, log: Path,
          lab_path: str = "", lab_pythonpath: str = "", visible: Sequence[str] = (),
          extra_env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """Validate ``user_data``, then boot the guest; returns its process (own group)."""
-    validate(user_data)
+    """Boot the guest (``user_data`` checked by :func:`validate` first); returns its
+    process, in a process group of its own."""
     prepare_disk(disk)
     argv = boot_argv(disk, user_data, hostname=hostname, visible=visible)
     env = guest_env(address=address, lab_path=lab_path, lab_pythonpath=lab_pythonpath,
