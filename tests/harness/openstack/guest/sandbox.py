@@ -88,7 +88,7 @@ def boot_argv(disk: Path, user_data: Path, *, hostname: str,
             "--bind", str(disk / "home"), "/home",
             "--bind", str(disk / "usr-local"), "/usr/local",
             "--bind", str(disk / "var"), "/var",
-            "--tmpfs", "/tmp", "--tmpfs", "/run", "--tmpfs", "/root",
+            "--perms", "1777", "--tmpfs", "/tmp", "--tmpfs", "/run", "--tmpfs", "/root",
             "--proc", "/proc", "--dev", "/dev"]
     made: set[str] = set()
     for path in visible:  # e.g. a venv under the (hidden) /root
