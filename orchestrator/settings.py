@@ -32,6 +32,7 @@ start-up and raises :class:`SettingsError` naming the variable and what was expe
 | ATRIUM_OS_NETWORKS | (nova decides) | networks of session servers, comma separated |
 | ATRIUM_OS_SECURITY_GROUPS | default | security groups of session servers, comma separated |
 | ATRIUM_OS_FLOATING_NETWORK | (none) | give each server a floating IP from this network |
+| ATRIUM_OS_BOOT_CONFIG | (none: NFS 4) | YAML: VM data mount templates (openstack_boot_config.py) |
 | ATRIUM_K8S_POD_CONFIG | (none) | YAML shaping session pods (spawners/k8s_config.py) |
 | ATRIUM_SESSION_LIFETIME | 604800 | seconds a login lasts at most (then log in again) |
 | ATRIUM_SESSION_IDLE_TIMEOUT | 86400 | seconds without a request after which a login ends |
@@ -134,6 +135,7 @@ class Settings:
     os_networks: tuple[str, ...] = ()
     os_security_groups: tuple[str, ...] = ("default",)
     os_floating_network: str = ""
+    os_boot_config: Path | None = None
     k8s_pod_config: Path | None = None
     session_lifetime: float = 7 * 86400.0
     session_idle_timeout: float = 86400.0
@@ -329,6 +331,7 @@ def load_settings(env: dict[str, str] | None = None, **overrides: object) -> Set
         os_networks=_list(env, "ATRIUM_OS_NETWORKS", ()),
         os_security_groups=_list(env, "ATRIUM_OS_SECURITY_GROUPS", ("default",)),
         os_floating_network=env.get("ATRIUM_OS_FLOATING_NETWORK", ""),
+        os_boot_config=_file(env, "ATRIUM_OS_BOOT_CONFIG"),
         k8s_pod_config=_file(env, "ATRIUM_K8S_POD_CONFIG"),
         session_lifetime=_number(env, "ATRIUM_SESSION_LIFETIME", 7 * 86400.0, minimum=1),
         session_idle_timeout=_number(env, "ATRIUM_SESSION_IDLE_TIMEOUT", 86400.0, minimum=1),
