@@ -87,7 +87,7 @@ class Portal:
                               timeout=300).stdout.strip()
 
     def start(self) -> None:
-        log = open(self.tmp / "server.log", "ab")  # noqa: SIM115 - kept open while it runs
+        log = open(self.tmp / "server.log", "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "serve"],
                                      env=self.env, cwd=ROOT, stdout=log, stderr=log)
         for _ in range(300):
