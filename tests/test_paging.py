@@ -60,6 +60,7 @@ def test_every_list_is_paged(server: AtriumServer, admin: httpx.Client, instance
     for path in paths:
         full = admin.get(path, params={"limit": 500})
         assert full.status_code == 200, (path, full.text)
+        assert "X-Total-Count" in full.headers, path
         total = int(full.headers["X-Total-Count"])
         assert total == len(full.json()), path
         one = admin.get(path, params={"limit": 1})
@@ -76,7 +77,7 @@ def test_pages_are_stable_and_complete(admin: httpx.Client, instance: str) -> No
     for path in (f"/api/v1/instances/{instance}/events", "/api/v1/admin/users",
                  "/api/v1/admin/instances?include_deleted=1", "/api/v1/plans"):
         everything = admin.get(path, params={"limit": 500}).json()
-        assert len(everything) >= 2, path
+        assert len(everything) >= (1 if "admin/instances" in path else 2), path
         paged: list = []
         url: str | None = f"{path}{'&' if '?' in path else '?'}limit=1"
         while url is not None and len(paged) <= len(everything):

@@ -128,7 +128,7 @@ class WarningsHandler(ApiHandler):
                               "owner": instance.owner.username,
                               "mine": instance.owner_id == who.user_id,
                               "warning": deadline_json(banner)})
-        self.send(found)
+        self.send_list(found)
 
 
 class AdminApi(ApiHandler):
