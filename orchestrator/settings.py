@@ -13,7 +13,7 @@ start-up and raises :class:`SettingsError` naming the variable and what was expe
 | ATRIUM_COOKIE_SECRET | generated in demo mode | signs session cookies; required otherwise |
 | ATRIUM_DEMO_MODE | false | enables the development login (demo users, no password) |
 | ATRIUM_DEPLOYMENT_ID | atrium | labels every backend resource; one per installation |
-| ATRIUM_BACKENDS | local | enabled backends, comma separated |
+| ATRIUM_BACKENDS | local | enabled backends, comma separated (`fake`: benchmarks/tests only) |
 | ATRIUM_CACHE_TTL | 10 | seconds caches keep facts (a safety net: changes are announced) |
 | ATRIUM_RECONCILE_INTERVAL | 10 | seconds between full reconcile passes |
 | ATRIUM_START_TIMEOUT | 180 | seconds a session may take to answer before ERROR |
@@ -24,6 +24,7 @@ start-up and raises :class:`SettingsError` naming the variable and what was expe
 | ATRIUM_DEFAULT_QUOTA | 2 | instances a user may own at once when no quota policy sets it |
 | ATRIUM_LOCAL_PYTHON | this interpreter | the Python that runs local JupyterLab sessions |
 | ATRIUM_SDK_THREADS | 8 | threads for blocking SDK calls |
+| ATRIUM_FAKE_ENDPOINT | (nowhere) | fake backend only: the URL its "sessions" answer at |
 | ATRIUM_K8S_NAMESPACE | atrium | namespace of session pods (kubernetes backend) |
 | ATRIUM_K8S_KUBECONFIG | in-cluster/default | kubeconfig file of the cluster |
 | ATRIUM_K8S_CONTEXT | current | kubeconfig context |
@@ -127,6 +128,7 @@ class Settings:
     default_quota: int = 2
     local_python: str = sys.executable
     sdk_threads: int = 8
+    fake_endpoint: str = ""
     k8s_namespace: str = "atrium"
     k8s_kubeconfig: str = ""
     k8s_context: str = ""
@@ -280,7 +282,7 @@ def load_settings(env: dict[str, str] | None = None, **overrides: object) -> Set
     host = env.get("ATRIUM_HOST", "127.0.0.1")
     port = _port(env, "ATRIUM_PORT", 8000)
     backends = tuple(b.strip() for b in env.get("ATRIUM_BACKENDS", "local").split(",") if b.strip())
-    unknown = set(backends) - {"local", "kubernetes", "openstack"}
+    unknown = set(backends) - {"local", "kubernetes", "openstack", "fake"}
     if unknown or not backends:
         raise SettingsError(
             f"ATRIUM_BACKENDS={env.get('ATRIUM_BACKENDS')!r}: choose among local, kubernetes, "
@@ -323,6 +325,7 @@ def load_settings(env: dict[str, str] | None = None, **overrides: object) -> Set
         default_quota=int(_number(env, "ATRIUM_DEFAULT_QUOTA", 2)),
         local_python=env.get("ATRIUM_LOCAL_PYTHON") or sys.executable,
         sdk_threads=int(_number(env, "ATRIUM_SDK_THREADS", 8, minimum=1)),
+        fake_endpoint=env.get("ATRIUM_FAKE_ENDPOINT", ""),
         k8s_namespace=env.get("ATRIUM_K8S_NAMESPACE", "atrium"),
         k8s_kubeconfig=env.get("ATRIUM_K8S_KUBECONFIG", ""),
         k8s_context=env.get("ATRIUM_K8S_CONTEXT", ""),

@@ -50,6 +50,11 @@ def make_backends(settings: Settings) -> dict[str, Backend]:
                 networks=settings.os_networks, security_groups=settings.os_security_groups,
                 floating_ip_network=settings.os_floating_network or None,
                 boot=boot, max_workers=settings.sdk_threads)
+        elif name == "fake":
+            from spawners.fake import NOWHERE, FakeBackend
+
+            backends[name] = FakeBackend(settings.deployment_id,
+                                          settings.fake_endpoint or NOWHERE)
         else:
             raise SettingsError(f"unknown backend {name!r}")
     return backends

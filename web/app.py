@@ -157,6 +157,9 @@ async def serve(settings: Settings) -> None:
         sync_task = asyncio.get_running_loop().create_task(periodic_sync(settings, db))
     log.info("Atrium listening on %s (backends: %s)", settings.public_url,
              ", ".join(settings.backends))
+    if "fake" in settings.backends:
+        log.warning("the FAKE backend is on (ATRIUM_BACKENDS): its instances run nothing; "
+                    "it exists for benchmarks and tests only")
     if settings.demo_mode:
         log.warning("DEMO MODE is on (ATRIUM_DEMO_MODE): anyone who reaches %s can log in "
                     "as any user without a password. Never use it in production.",

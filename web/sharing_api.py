@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from orchestrator.announce import Change
 from orchestrator.errors import RequestError
 from orchestrator.models import Instance, InstanceStatus
+from orchestrator.paging import count
 from sharing import members as sharing
 from sharing.models import AccessRequest
 from sharing.policy import Action
@@ -47,7 +48,7 @@ class MembersHandler(SharingHandler):
         who = self.require_user()
         async with self.portal.db.session() as s:
             instance = await visible_instance(s, who, uid)
-            self.send([member_json(m) for m in instance.members])
+            self.send_list([member_json(m) for m in instance.members])
 
     async def post(self, uid: str) -> None:
         who = self.require_user()
@@ -137,7 +138,8 @@ class AccessRequestsHandler(SharingHandler):
         who = self.require_user()
         async with self.portal.db.session() as s:
             instance = await visible_instance(s, who, uid, Action.MANAGE_MEMBERS)
-            self.send([request_json(r, uid) for r in await sharing.pending_requests(s, instance)])
+            self.send_list([request_json(r, uid)
+                            for r in await sharing.pending_requests(s, instance)])
 
     async def post(self, uid: str) -> None:
         """Any logged-in user who has the instance's address may ask to join."""
@@ -179,13 +181,15 @@ class MyAccessRequestsHandler(SharingHandler):
 
     async def get(self) -> None:
         who = self.require_user()
+        page = self.page()
+        query = (select(AccessRequest, Instance.uid)
+                 .join(Instance, Instance.id == AccessRequest.instance_id)
+                 .where(AccessRequest.user_id == who.user_id)
+                 .order_by(AccessRequest.id.desc()))
         async with self.portal.db.session() as s:
-            rows = (await s.execute(
-                select(AccessRequest, Instance.uid)
-                .join(Instance, Instance.id == AccessRequest.instance_id)
-                .where(AccessRequest.user_id == who.user_id)
-                .order_by(AccessRequest.id.desc()).limit(100))).all()
-            self.send([request_json(r, uid) for r, uid in rows])
+            rows = (await s.execute(page.apply(query))).all()
+            total = await count(s, query)
+            self.send_page([request_json(r, uid) for r, uid in rows], total, page)
 
 
 class SupportJoinHandler(SharingHandler):
@@ -207,9 +211,11 @@ class SupportInstancesHandler(SharingHandler):
 
     async def get(self) -> None:
         who = self.require_user()
+        page = self.page()
         async with self.portal.db.session() as s:
-            found = await sharing.support_instances(s, who, self.get_argument("q", "").strip())
-            self.send([instance_json(i, who) for i in found])
+            found, total = await sharing.support_instances(
+                s, who, self.get_argument("q", "").strip(), page)
+            self.send_page([instance_json(i, who) for i in found], total, page)
 
 
 SHARING_ROUTES: list[tuple[str, type]] = [

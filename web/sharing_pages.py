@@ -142,9 +142,11 @@ class SupportPage(BaseHandler):
         who = self.principal
         assert who is not None
         query = self.get_argument("q", "").strip()
+        page = self.page_args()
         async with self.portal.db.session() as s:
-            found = await sharing.support_instances(s, who, query)
-            self.render_page("support.html", instances=found, query=query)
+            found, total = await sharing.support_instances(s, who, query, page)
+            self.render_page("support.html", instances=found, query=query,
+                             pager=self.pager(page, total, len(found)))
 
 
 SHARING_PAGES: list[tuple[str, type]] = [

@@ -109,7 +109,7 @@ class TokensApi(ApiHandler):
     async def get(self) -> None:
         who = self.require_user()
         async with self.portal.db.session() as s:
-            self.send([token_json(r) for r in await tokens_of(s, who.user_id)])
+            self.send_list([token_json(r) for r in await tokens_of(s, who.user_id)])
 
     async def post(self) -> None:
         self.require_user()
