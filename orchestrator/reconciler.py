@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from orchestrator import metrics
 from orchestrator.db import Database
 from orchestrator.models import (
     Instance,
@@ -179,6 +180,7 @@ class Reconciler:
                 except Exception:
                     log.exception("could not delete orphan %s", uid)
         report.seconds = time.monotonic() - started
+        metrics.RECONCILE_SECONDS.observe(report.seconds)
         return report
 
     # --- one instance -----------------------------------------------------------------
@@ -194,6 +196,7 @@ class Reconciler:
     async def _set(self, instance: Instance, event: str = "", detail: str = "",
                    **values: Any) -> None:
         values.setdefault("updated_at", utcnow())
+        never_active = instance.activated_at is None
         async with self.db.session() as s:
             await s.execute(update(Instance).where(Instance.id == instance.id).values(**values))
             if event:
@@ -201,6 +204,8 @@ class Reconciler:
             await s.commit()
         for key, value in values.items():
             setattr(instance, key, value)
+        if event:
+            metrics.instance_changed(instance, event, never_active)
         self.on_change(instance.uid)
 
     async def _step(self, uid: str) -> None:

@@ -14,6 +14,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import Resolver
 from tornado.routing import Rule
 
+from orchestrator import metrics
 from orchestrator.db import Database
 from orchestrator.experiments_sync import periodic_sync
 from orchestrator.lifetime import LifetimeService
@@ -21,6 +22,7 @@ from orchestrator.lifetime_policy import LifetimePolicy
 from orchestrator.notify import Mailer
 from orchestrator.reconciler import Reconciler
 from orchestrator.scheduler import JobScheduler, leader_name, portal_jobs
+from orchestrator.schema_check import SchemaCheck
 from orchestrator.settings import Settings
 from spawners.registry import make_backends
 from web import oidc, pages
@@ -30,8 +32,10 @@ from web.api import API_ROUTES
 from web.auth import Authenticator
 from web.base import NotFoundApi
 from web.desktop import DesktopBridge, DesktopPage, KeyboardHandler, novnc_dir
+from web.health import ReadyHandler
 from web.lifetime_api import LIFETIME_API_ROUTES
 from web.lifetime_pages import LIFETIME_PAGE_ROUTES
+from web.metrics import start_metrics_server
 from web.oidc_client import OidcClient
 from web.portal import Portal
 from web.proxy import IsWebSocket, LabProxyHandler, LabWebSocketProxy
@@ -39,6 +43,7 @@ from web.resolver import IPLiteralResolver
 from web.routes import PrincipalCache, RouteTable
 from web.sharing_api import SHARING_ROUTES
 from web.sharing_pages import SHARING_PAGES
+from web.shutdown import drain
 from web.tokens import TOKEN_ROUTES
 
 HERE = Path(__file__).parent
@@ -63,6 +68,7 @@ def make_app(portal: Portal) -> tornado.web.Application:
         (r"/login/oidc/callback", oidc.OidcCallbackHandler),
         (r"/login/oidc/backchannel-logout", oidc.BackchannelLogoutHandler),
         (r"/healthz", pages.HealthHandler),
+        (r"/readyz", ReadyHandler),
         (rf"/api/v1/instances/{UID}/keyboard", KeyboardHandler),
         *LIFETIME_API_ROUTES,
         *LIFETIME_PAGE_ROUTES,
@@ -105,7 +111,8 @@ async def build_portal(settings: Settings, db: Database) -> Portal:
                     principals=principals,
                     auth=Authenticator(db, principals, settings=settings),
                     templates=make_templates(),
-                    oidc=OidcClient(settings) if settings.oidc_enabled else None)
+                    oidc=OidcClient(settings) if settings.oidc_enabled else None,
+                    schema=SchemaCheck(db))
     if portal.oidc is not None:
         portal.auth.provider_check = oidc.provider_check(portal, portal.oidc)
 
@@ -131,6 +138,7 @@ async def serve(settings: Settings) -> None:
     app = make_app(portal)
     server = HTTPServer(app, xheaders=False, max_body_size=10 * 1024**3)
     server.listen(settings.port, settings.host)
+    metrics_server = start_metrics_server(settings, db)
     # The reconcile sweep, expiry and warnings run in the scheduler leader only (one process
     # per database); every process flushes the activity it saw.
     assert portal.lifetime is not None
@@ -138,6 +146,7 @@ async def serve(settings: Settings) -> None:
                              holder=leader_name(settings.host, settings.port),
                              lease=settings.leader_lease)
     scheduler.start()
+    metrics.track_leader(lambda: scheduler.is_leader)
     # Revocation and the owner's absence reach open connections within seconds.
     presence_task = asyncio.get_running_loop().create_task(
         portal.presence.watch(portal.routes.get))
@@ -158,7 +167,9 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping")
-    server.stop()
+    await drain(portal, server, settings.shutdown_grace, settings.shutdown_drain)
+    if metrics_server is not None:
+        metrics_server.stop()
     presence_task.cancel()
     if sync_task:
         sync_task.cancel()

@@ -9,6 +9,7 @@ import jinja2
 from orchestrator.db import Database
 from orchestrator.lifetime import LifetimeService
 from orchestrator.reconciler import Reconciler
+from orchestrator.schema_check import SchemaCheck
 from orchestrator.settings import Settings
 from web.auth import Authenticator
 from web.oidc_client import OidcClient
@@ -32,6 +33,10 @@ class Portal:
     presence: Presence = field(default_factory=Presence)
     # Lifetime jobs and rules (orchestrator/lifetime.py); set by build_portal.
     lifetime: LifetimeService | None = None
+    # Set on SIGTERM: /readyz fails from then on (web/shutdown.py).
+    draining: bool = False
+    # Whether the schema is behind the code (web/health.py); set by build_portal.
+    schema: SchemaCheck | None = None
 
     async def revalidate(self, uid: str) -> None:
         """Membership of ``uid`` changed here: re-check its open connections now."""

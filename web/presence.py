@@ -56,6 +56,10 @@ class Presence:
     def connections(self, uid: str) -> int:
         return len(self._open.get(uid, ()))
 
+    def everyone(self) -> list[Connection]:
+        """Every open connection of this process (closed on shutdown)."""
+        return [c for conns in self._open.values() for c in conns]
+
     async def revalidate(self, uid: str, route_of: Callable[[str], Awaitable[Route | None]]
                          ) -> None:
         conns = list(self._open.get(uid, ()))

@@ -22,6 +22,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.httputil import HTTPHeaders, HTTPServerRequest
 from tornado.routing import Matcher, PathMatches
 
+from orchestrator import metrics
 from sharing.policy import Action, authorize
 from web import activity
 from web.auth import SESSION_COOKIE
@@ -161,6 +162,7 @@ class LabProxyHandler(ProxyAuth, BaseHandler):
         self._upstream = asyncio.get_running_loop().create_task(self._forward(route))
 
     def data_received(self, chunk: bytes) -> Any:
+        metrics.PROXY_BYTES.labels("up").inc(len(chunk))
         if self._body is not None:
             return self._body.put(chunk)  # a full queue pauses reading from the client
         return None
@@ -194,6 +196,7 @@ class LabProxyHandler(ProxyAuth, BaseHandler):
             self.clear_header(name)
 
     def _on_chunk(self, chunk: bytes) -> Any:
+        metrics.PROXY_BYTES.labels("down").inc(len(chunk))
         self.write(chunk)
         # Returning the flush makes the client wait for a slow reader (backpressure), so
         # a download is never buffered whole in the portal.
@@ -215,9 +218,11 @@ class LabProxyHandler(ProxyAuth, BaseHandler):
             follow_redirects=False, decompress_response=False, allow_nonstandard_methods=True,
             header_callback=self._on_header_line, streaming_callback=self._on_chunk,
             connect_timeout=10, request_timeout=3600)
+        metrics.PROXY_REQUESTS.inc()
         try:
             await AsyncHTTPClient().fetch(upstream, raise_error=False)
         except (TimeoutError, OSError, HTTPClientError) as err:
+            metrics.UPSTREAM_ERRORS.labels("http").inc()
             if not self._headers_sent:
                 self.set_status(502)
                 self.finish({"error": {"status": 502,
@@ -277,6 +282,7 @@ class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
                 subprotocols=protocols or None, max_message_size=256 * 1024 * 1024)
         except (OSError, HTTPClientError, tornado.websocket.WebSocketError) as err:
             code = err.code if isinstance(err, HTTPClientError) else 502
+            metrics.UPSTREAM_ERRORS.labels("websocket").inc()
             self.set_status(code if 400 <= code < 600 else 502)
             self.finish({"error": {"status": self.get_status(),
                                    "message": f"the instance refused the connection ({err})"}})
@@ -296,6 +302,7 @@ class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
         self.uid = args[0]
         self.user_id = self.principal.user_id
         self.portal.presence.opened(self.uid, self)
+        metrics.WEBSOCKETS.labels("lab").inc()
         # Kernels answer with bursts of frames: with Nagle on, the later ones wait for the
         # peer's delayed ACK (~40 ms).
         self.set_nodelay(True)
@@ -311,6 +318,7 @@ class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
             if message is None:
                 self.close(self.upstream.close_code, self.upstream.close_reason)
                 return
+            metrics.PROXY_BYTES.labels("down").inc(len(message))
             try:
                 await self.write_message(message, binary=isinstance(message, bytes))
             except tornado.websocket.WebSocketClosedError:
@@ -320,6 +328,7 @@ class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
         if self.upstream is None:
             return
         activity.note(self.portal.activity, self.uid)
+        metrics.PROXY_BYTES.labels("up").inc(len(message))
         try:
             await self.upstream.write_message(message, binary=isinstance(message, bytes))
         except tornado.websocket.WebSocketClosedError:
@@ -330,6 +339,7 @@ class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
             self.upstream.close()
         if hasattr(self, "user_id"):
             self.portal.presence.closed(self.uid, self)
+            metrics.WEBSOCKETS.labels("lab").dec()
 
     def revalidate(self, route: Route | None, owner_present: bool) -> None:
         decision = authorize(self.principal, route.access, Action.OPEN_LAB, owner_present) \
