@@ -28,6 +28,9 @@ What it does, per pod the real scheduler binds to its node:
 * on deletion (``deletionTimestamp``) SIGTERMs the process groups, SIGKILLs them after the
   grace period, then deletes the pod with ``grace_period_seconds=0``.
 
+configMap, secret and emptyDir volumes and the ServiceAccount token of pods asking for one
+are written into the sandbox (see :mod:`pod_files`: environment paths are rewritten to it).
+
 Deliberate differences from a kubelet: the image is ignored (an empty ``command`` means
 ``args`` is the whole argv), processes run as the double's own user with its environment
 as the base, volumes other than ``hostPath`` are plain sandbox directories (emptyDir) or
@@ -56,6 +59,7 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from tests.harness.kubernetes import pod_files
 from tests.harness.kubernetes.podtools import (
     Conditions,
     can_bind_mount,
@@ -162,10 +166,22 @@ class _PodRunner(threading.Thread):
             c.waiting = ("CreateContainerConfigError", str(exc))
             c.next_start = now + 1.0  # the kubelet retries: the secret may appear
             return
-        argv = [expand(a, env) for a in [*(c.spec.get("command") or []),
-                                         *(c.spec.get("args") or [])]]
         mounts = host_mounts(self.pod["spec"], c.spec, self.sandbox)
         problem = prepare_mounts(mounts, self.kubelet.bind_mounts)
+        prelude: tuple[str, ...] = ()
+        try:  # configMap/secret/emptyDir volumes and the token: see pod_files
+            files = pod_files.materialise(self.pod, c.spec, self.sandbox,
+                                          self.kubelet.secret_data, self.kubelet.configmap_data)
+            pod_files.rewrite(env, files, {e["name"] for e in c.spec.get("env") or []})
+            argv = [expand(a, env) for a in [*(c.spec.get("command") or []),
+                                             *(c.spec.get("args") or [])]]
+            if pod_files.wants_token(self.pod) and self.kubelet.bind_mounts:
+                token_dir, api_env = pod_files.write_token(self.kubelet.core, self.pod,
+                                                           self.sandbox)
+                env.update(api_env)
+                prelude = tuple(pod_files.token_prelude(token_dir))
+        except (pod_files.VolumeMissing, ApiException) as exc:
+            problem = f"MountVolume.SetUp failed: {exc}"
         if problem:
             c.waiting = ("ContainerCreating", problem)  # the kubelet retries the mount
             c.next_start = now + 1.0
@@ -174,8 +190,8 @@ class _PodRunner(threading.Thread):
         try:
             if not argv:
                 raise OSError("no command: the kubelet double ignores image entrypoints")
-            if mounts and self.kubelet.bind_mounts:
-                argv = in_mount_namespace(argv, mounts, env.get("PATH", ""))
+            if (mounts or prelude) and self.kubelet.bind_mounts:
+                argv = in_mount_namespace(argv, mounts, env.get("PATH", ""), prelude)
             c.proc = subprocess.Popen(argv, env=env, cwd=self.sandbox / "home",
                                       stdin=subprocess.DEVNULL, stdout=log,
                                       stderr=subprocess.STDOUT, start_new_session=True)
