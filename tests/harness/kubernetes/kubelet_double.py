@@ -28,8 +28,7 @@ What it does, per pod the real scheduler binds to its node:
 * on deletion (``deletionTimestamp``) SIGTERMs the process groups, SIGKILLs them after the
   grace period, then deletes the pod with ``grace_period_seconds=0``.
 
-configMap, secret and emptyDir volumes and the ServiceAccount token of pods asking for one
-are written into the sandbox (see :mod:`pod_files`: environment paths are rewritten to it).
+configMap/secret/emptyDir volumes and ServiceAccount tokens: see :mod:`pod_files`.
 
 Deliberate differences from a kubelet: the image is ignored (an empty ``command`` means
 ``args`` is the whole argv), processes run as the double's own user with its environment
