@@ -148,3 +148,24 @@ def test_sigterm_drains_not_ready_then_exits(prod: AtriumServer) -> None:
     lines = [json.loads(line)["message"] for line in prod.log.read_text().splitlines()
              if line.startswith("{")]
     assert any(m.startswith("drained") for m in lines)
+
+
+async def test_schema_check_behind_ahead_and_current(tmp_path: Path) -> None:
+    """/readyz's schema rule: a known older revision is behind (not ready); the head, or a
+    revision this code does not know (a newer release migrated), is not."""
+    from orchestrator.db import Database
+    from orchestrator.schema_check import SchemaCheck
+
+    db = Database(f"sqlite+aiosqlite:///{tmp_path}/s.db")
+    try:
+        await db.upgrade("0001")
+        check = SchemaCheck(db)
+        assert "run `atrium db upgrade`" in await check.reason()
+        await db.upgrade()
+        assert await SchemaCheck(db).reason() == ""
+        async with db.engine.begin() as conn:
+            await conn.exec_driver_sql("DELETE FROM alembic_version")
+            await conn.exec_driver_sql("INSERT INTO alembic_version VALUES ('f00dfeed')")
+        assert await SchemaCheck(db).reason() == ""
+    finally:
+        await db.close()
