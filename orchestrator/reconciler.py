@@ -198,6 +198,14 @@ class Reconciler:
         values.setdefault("updated_at", utcnow())
         never_active = instance.activated_at is None
         async with self.db.session() as s:
+            if event == "active" and never_active:
+                # Two replicas may drive one instance: the one whose write sets activated_at
+                # counts the launch in the metrics.
+                first = await s.execute(
+                    update(Instance).where(Instance.id == instance.id,
+                                           Instance.activated_at.is_(None))
+                    .values(activated_at=values.get("activated_at") or utcnow()))
+                never_active = first.rowcount == 1  # type: ignore[attr-defined]
             await s.execute(update(Instance).where(Instance.id == instance.id).values(**values))
             if event:
                 s.add(InstanceEvent(instance_id=instance.id, kind=event, detail=detail[:2000]))

@@ -111,7 +111,7 @@ class _PodRunner(threading.Thread):
         self.policy: str = pod["spec"].get("restartPolicy", "Always")
         self.start_time = timestamp()
         self.conditions = Conditions()
-        self._stop = threading.Event()
+        self._halt = threading.Event()  # not _stop: Thread.join() calls its own _stop()
         self._delete_grace: float | None = None  # set: terminate, then delete the pod
         self._grace = 2.0
         self._last_status: Json | None = None
@@ -123,7 +123,7 @@ class _PodRunner(threading.Thread):
         """Stop the processes (SIGTERM, SIGKILL after ``grace``); delete the pod if asked."""
         self._delete_grace = grace if delete else None
         self._grace = grace
-        self._stop.set()
+        self._halt.set()
 
     def pids(self) -> list[int]:
         """Every live process of the pod's containers, descendants included."""
@@ -134,12 +134,12 @@ class _PodRunner(threading.Thread):
 
     def run(self) -> None:
         try:
-            while not self._stop.is_set():
+            while not self._halt.is_set():
                 now = time.monotonic()
                 for c in self.containers:
                     self._step(c, now)
                 self._push_status()
-                self._stop.wait(0.25)
+                self._halt.wait(0.25)
         except Exception as exc:  # a bug here must not kill the double silently
             self.kubelet.log(f"pod {self.pod_name}: runner crashed: {exc!r}")
         finally:
@@ -358,7 +358,7 @@ class _PodRunner(threading.Thread):
             self._last_status = status
         except ApiException as exc:
             if exc.status == 404:
-                self._stop.set()  # the pod is gone: nothing left to report to
+                self._halt.set()  # the pod is gone: nothing left to report to
             else:
                 self.kubelet.log(f"pod {self.pod_name}: status update failed: {exc.status}")
         except Exception as exc:  # API server unreachable (an outage): retry next round,
