@@ -302,10 +302,13 @@ async def test_owner_connected_on_a_is_present_for_a_member_on_b(
         state: dict[str, Any]) -> None:
     a, b = state["portals"]
     uid, tokens = state["uid"], state["tokens"]
-    with api(a, tokens["alice"]) as alice_a:
-        alice_a.post(f"/api/v1/instances/{uid}/members", json={"user": "bob", "role": "USER"})
-        alice_a.patch(f"/api/v1/instances/{uid}/sharing",
-                      json={"unrestricted_member_access": False})
+    with api(b, tokens["alice"]) as alice_b:  # B's own caches know at once
+        alice_b.post(f"/api/v1/instances/{uid}/members", json={"user": "bob", "role": "USER"})
+        r = alice_b.patch(f"/api/v1/instances/{uid}/sharing",
+                          json={"unrestricted_member_access": False})
+        assert r.status_code == 200, r.text
+    with api(b, tokens["bob"]) as bob_b:  # the owner is away: refused
+        assert bob_b.get(f"/instances/{uid}/lab/api/status").status_code == 403
     owner = await _kernel_socket(a, uid, tokens["alice"])
     try:
         with api(b, tokens["bob"]) as bob_b:
