@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from orchestrator import metrics
 from orchestrator.db import Database
 from orchestrator.models import (
     Instance,
@@ -179,6 +180,7 @@ class Reconciler:
                 except Exception:
                     log.exception("could not delete orphan %s", uid)
         report.seconds = time.monotonic() - started
+        metrics.RECONCILE_SECONDS.observe(report.seconds)
         return report
 
     # --- one instance -----------------------------------------------------------------
@@ -194,13 +196,24 @@ class Reconciler:
     async def _set(self, instance: Instance, event: str = "", detail: str = "",
                    **values: Any) -> None:
         values.setdefault("updated_at", utcnow())
+        never_active = instance.activated_at is None
         async with self.db.session() as s:
+            if event == "active" and never_active:
+                # Two replicas may drive one instance: the one whose write sets activated_at
+                # counts the launch in the metrics.
+                first = await s.execute(
+                    update(Instance).where(Instance.id == instance.id,
+                                           Instance.activated_at.is_(None))
+                    .values(activated_at=values.get("activated_at") or utcnow()))
+                never_active = first.rowcount == 1  # type: ignore[attr-defined]
             await s.execute(update(Instance).where(Instance.id == instance.id).values(**values))
             if event:
                 s.add(InstanceEvent(instance_id=instance.id, kind=event, detail=detail[:2000]))
             await s.commit()
         for key, value in values.items():
             setattr(instance, key, value)
+        if event:
+            metrics.instance_changed(instance, event, never_active)
         self.on_change(instance.uid)
 
     async def _step(self, uid: str) -> None:

@@ -64,6 +64,11 @@ start-up and raises :class:`SettingsError` naming the variable and what was expe
 | ATRIUM_SMTP_STARTTLS | false | upgrade the connection with STARTTLS |
 | ATRIUM_SMTP_USERNAME / _PASSWORD | (none) | mail server login (or SMTP_PASSWORD_FILE) |
 | ATRIUM_MAX_BODY, ... | see settings_limits.py | resource bounds: bodies, timeouts, connections |
+| ATRIUM_LOG_FORMAT | text | `text`, or `json`: one JSON object per line (log collectors) |
+| ATRIUM_METRICS_PORT | 0 (off) | serve Prometheus `/metrics` on this port (not the portal's) (7) |
+| ATRIUM_METRICS_TOKEN | (none) | when set, `/metrics` asks for `Authorization: Bearer TOKEN` |
+| ATRIUM_SHUTDOWN_GRACE | 25 | seconds SIGTERM may take: drain, close WebSockets, flush (8) |
+| ATRIUM_SHUTDOWN_DRAIN | 0 | seconds to keep serving, not ready, before closing (8) |
 
 (1) https, or http on loopback only; discovery at ISSUER/.well-known/openid-configuration.
 Register ``PUBLIC_URL/login/oidc/callback`` as the client's redirect URI,
@@ -84,6 +89,12 @@ lifetime. Inactivity 0: never deleted for inactivity.
 accepted at once (a bare number: for everyone).
 (6) With several Atrium processes on one database, the lease holder runs the scheduled
 jobs (expiry, warnings, reconcile sweep); another takes over when it stops renewing.
+(7) A port of its own, so the ingress that publishes the portal never publishes the metrics
+(web/metrics.py); bind it with ATRIUM_HOST's address.
+(8) On SIGTERM the readiness probe (`/readyz`) fails at once; after DRAIN seconds (time for
+the load balancer to notice) the portal stops accepting, asks open WebSockets to reconnect
+elsewhere (close code 1001), flushes activity and hands over the scheduler lease, all within
+GRACE seconds (keep it below the pod's terminationGracePeriodSeconds).
 """
 
 from __future__ import annotations
@@ -171,6 +182,11 @@ class Settings:
     smtp_username: str = ""
     smtp_password: str = field(default="", repr=False)
     limits: Limits = field(default_factory=Limits)  # settings_limits.py
+    log_format: str = "text"
+    metrics_port: int = 0
+    metrics_token: str = field(default="", repr=False)
+    shutdown_grace: float = 25.0
+    shutdown_drain: float = 0.0
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -341,6 +357,7 @@ def load_settings(env: dict[str, str] | None = None, **overrides: object) -> Set
         **_oidc(env),
         **_lifetime(env),
         limits=load_limits(env),
+        **_production(env),
     )
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
@@ -417,6 +434,22 @@ def _lifetime(env: dict[str, str]) -> dict[str, object]:
         smtp_starttls=_bool(env, "ATRIUM_SMTP_STARTTLS", False),
         smtp_username=env.get("ATRIUM_SMTP_USERNAME", ""),
         smtp_password=password,
+    )
+
+
+def _production(env: dict[str, str]) -> dict[str, object]:
+    """Logs, metrics and shutdown (7, 8)."""
+    log_format = env.get("ATRIUM_LOG_FORMAT", "text").strip().lower() or "text"
+    if log_format not in ("text", "json"):
+        raise SettingsError(f"ATRIUM_LOG_FORMAT={log_format!r}: expected text or json")
+    metrics_port = env.get("ATRIUM_METRICS_PORT", "")
+    return dict(
+        log_format=log_format,
+        metrics_port=_port(env, "ATRIUM_METRICS_PORT", 0) if metrics_port not in ("", "0")
+        else 0,
+        metrics_token=_secret(env, "ATRIUM_METRICS_TOKEN"),
+        shutdown_grace=_number(env, "ATRIUM_SHUTDOWN_GRACE", 25.0),
+        shutdown_drain=_number(env, "ATRIUM_SHUTDOWN_DRAIN", 0.0),
     )
 
 

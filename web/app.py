@@ -13,6 +13,7 @@ from tornado.httpclient import AsyncHTTPClient
 from tornado.netutil import Resolver
 from tornado.routing import Rule
 
+from orchestrator import metrics
 from orchestrator.announce import Announcer
 from orchestrator.db import Database
 from orchestrator.experiments_sync import periodic_sync
@@ -21,6 +22,7 @@ from orchestrator.lifetime_policy import LifetimePolicy
 from orchestrator.notify import Mailer
 from orchestrator.reconciler import Reconciler
 from orchestrator.scheduler import JobScheduler, leader_name, portal_jobs
+from orchestrator.schema_check import SchemaCheck
 from orchestrator.settings import Settings
 from spawners.registry import make_backends
 from web import bodylimit, oidc, pages
@@ -30,8 +32,10 @@ from web.api import API_ROUTES
 from web.auth import Authenticator
 from web.base import NotFoundApi
 from web.desktop import DesktopBridge, DesktopPage, KeyboardHandler, novnc_dir
+from web.health import ReadyHandler
 from web.lifetime_api import LIFETIME_API_ROUTES
 from web.lifetime_pages import LIFETIME_PAGE_ROUTES
+from web.metrics import start_metrics_server
 from web.oidc_client import OidcClient
 from web.portal import Portal
 from web.proxy import IsWebSocket, LabProxyHandler, LabWebSocketProxy
@@ -40,6 +44,7 @@ from web.revocation import connect_revocation
 from web.routes import PrincipalCache, RouteTable
 from web.sharing_api import SHARING_ROUTES
 from web.sharing_pages import SHARING_PAGES
+from web.shutdown import drain
 from web.tokens import TOKEN_ROUTES
 
 HERE = Path(__file__).parent
@@ -64,6 +69,7 @@ def make_app(portal: Portal) -> tornado.web.Application:
         (r"/login/oidc/callback", oidc.OidcCallbackHandler),
         (r"/login/oidc/backchannel-logout", oidc.BackchannelLogoutHandler),
         (r"/healthz", pages.HealthHandler),
+        (r"/readyz", ReadyHandler),
         (rf"/api/v1/instances/{UID}/keyboard", KeyboardHandler),
         *LIFETIME_API_ROUTES,
         *LIFETIME_PAGE_ROUTES,
@@ -110,7 +116,8 @@ async def build_portal(settings: Settings, db: Database) -> Portal:
                                        settings=settings, session_ttl=settings.cache_ttl),
                     templates=make_templates(),
                     oidc=OidcClient(settings) if settings.oidc_enabled else None,
-                    announcer=Announcer(db))
+                    announcer=Announcer(db),
+                    schema=SchemaCheck(db))
     portal.auth.announcer = portal.announcer
     connect_revocation(portal, replica=leader_name(settings.host, settings.port))
     if portal.oidc is not None:
@@ -140,6 +147,7 @@ async def serve(settings: Settings) -> None:
     app = make_app(portal)
     server = bodylimit.make_server(app, settings.limits)
     server.listen(settings.port, settings.host)
+    metrics_server = start_metrics_server(settings, db)
     # The reconcile sweep, expiry and warnings run in the scheduler leader only (one process
     # per database); every process flushes the activity it saw.
     assert portal.lifetime is not None
@@ -147,6 +155,7 @@ async def serve(settings: Settings) -> None:
                              holder=leader_name(settings.host, settings.port),
                              lease=settings.leader_lease)
     scheduler.start()
+    metrics.track_leader(lambda: scheduler.is_leader)
     # Revocation reaches open connections at once (announcements) and, as a safety net and
     # for the owner's absence, within seconds.
     presence_task = asyncio.get_running_loop().create_task(portal.presence.watch())
@@ -172,7 +181,9 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping")
-    server.stop()
+    await drain(portal, server, settings.shutdown_grace, settings.shutdown_drain)
+    if metrics_server is not None:
+        metrics_server.stop()
     presence_task.cancel()
     listen_task.cancel()
     try:

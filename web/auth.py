@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 from tornado.web import RequestHandler
 
-from orchestrator import logins
+from orchestrator import logins, metrics
 from orchestrator.announce import Announcer, Change
 from orchestrator.db import Database
 from orchestrator.logins import SessionSnapshot, hash_session_id
@@ -85,6 +85,8 @@ class Authenticator:
         token = bearer_token(handler)
         if token is not None:
             user_id = await self.tokens.get(hash_token(token))
+            if user_id is None:
+                metrics.LOGIN_FAILURES.labels("token").inc()
         else:
             digest = self.session_digest(handler)
             user_id = await self.session_user(digest) if digest else None

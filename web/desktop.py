@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import tornado.web
 import tornado.websocket
 
+from orchestrator import metrics
 from orchestrator.errors import RequestError
 from sharing.policy import Action, authorize
 from spawners.base import BackendError
@@ -123,6 +124,7 @@ class DesktopBridge(ProxyAuth, tornado.websocket.WebSocketHandler):
     def open(self, *args: str) -> None:
         self.portal.presence.opened(self.uid, self, credential_of(
             self.portal.auth, self, self.principal), "desktop")
+        metrics.WEBSOCKETS.labels("desktop").inc()
         self.set_nodelay(True)  # framebuffer updates come in bursts (see web/proxy.py)
         # Our side of the handshake with the browser: same version, no authentication.
         self.write_message(rfb.VERSION, binary=True)
@@ -195,6 +197,7 @@ class DesktopBridge(ProxyAuth, tornado.websocket.WebSocketHandler):
         self.release()
         if hasattr(self, "_stream"):
             self.portal.presence.closed(self.uid, self)
+            metrics.WEBSOCKETS.labels("desktop").dec()
         if self.writer is not None:
             self.writer.close()
         pump = getattr(self, "_pump", None)

@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from orchestrator import logins
+from orchestrator import logins, metrics
 from orchestrator.announce import Change
 from orchestrator.logins import IdentityConflict
 from orchestrator.models import LoginSession, UserIdentity
@@ -51,6 +51,7 @@ class OidcHandler(BaseHandler):
 
     async def refuse(self, err: LoginRefused) -> None:
         log.warning("login refused (%s): %s", self.request.remote_ip, err.message)
+        metrics.LOGIN_FAILURES.labels("oidc").inc()
         self.set_status(err.status)
         await render_login(self, error=f"Login refused: {err.message}.")
 

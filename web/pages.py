@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 import tornado.web
 from sqlalchemy import select
 
-from orchestrator import lifecycle
+from orchestrator import lifecycle, metrics
 from orchestrator.announce import Change
 from orchestrator.errors import RequestError
 from orchestrator.models import (
@@ -64,6 +64,7 @@ class LoginHandler(BaseHandler):
         async with self.portal.db.session() as s:
             user = await s.scalar(select(User).where(User.username == username))
             if user is None:
+                metrics.LOGIN_FAILURES.labels("demo").inc()
                 raise RequestError(f"no demo user {username!r}", 400)
             user.last_login_at = utcnow()
             await s.commit()

@@ -14,6 +14,7 @@ from orchestrator.announce import Announcer, Change
 from orchestrator.db import Database
 from orchestrator.lifetime import LifetimeService
 from orchestrator.reconciler import Reconciler
+from orchestrator.schema_check import SchemaCheck
 from orchestrator.settings import Settings
 from web.auth import Authenticator
 from web.limits import Bounds
@@ -42,6 +43,10 @@ class Portal:
     bounds: Bounds = field(init=False)
     # Changes that affect authorization, to every process (orchestrator/announce.py).
     announcer: Announcer | None = None
+    # Set on SIGTERM: /readyz fails from then on (web/shutdown.py).
+    draining: bool = False
+    # Whether the schema is behind the code (web/health.py); set by build_portal.
+    schema: SchemaCheck | None = None
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def __post_init__(self) -> None:

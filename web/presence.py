@@ -131,6 +131,10 @@ class Presence:
                 counts[entry.credential.user_id] = counts.get(entry.credential.user_id, 0) + 1
         return counts
 
+    def everyone(self) -> list[Connection]:
+        """Every open connection of this process (closed on shutdown)."""
+        return [c for conns in self._open.values() for c in conns]
+
     # --- revalidating -------------------------------------------------------------------
 
     def forget_remote(self, uid: str | None = None) -> None:

@@ -22,6 +22,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.httputil import HTTPHeaders, HTTPServerRequest
 from tornado.routing import Matcher, PathMatches
 
+from orchestrator import metrics
 from sharing.policy import Action, authorize
 from web import activity, bodylimit
 from web.auth import SESSION_COOKIE
@@ -189,6 +190,7 @@ class LabProxyHandler(ProxyAuth, BaseHandler):
         self._upstream = asyncio.get_running_loop().create_task(self._forward(route))
 
     def data_received(self, chunk: bytes) -> Any:
+        metrics.PROXY_BYTES.labels("up").inc(len(chunk))
         if self._body is not None:
             return self._body.put(chunk)  # a full queue pauses reading from the client
         return None
@@ -222,6 +224,7 @@ class LabProxyHandler(ProxyAuth, BaseHandler):
             self.clear_header(name)
 
     def _on_chunk(self, chunk: bytes) -> Any:
+        metrics.PROXY_BYTES.labels("down").inc(len(chunk))
         self.write(chunk)
         # Returning the flush makes the client wait for a slow reader (backpressure), so
         # a download is never buffered whole in the portal.
@@ -244,10 +247,12 @@ class LabProxyHandler(ProxyAuth, BaseHandler):
             header_callback=self._on_header_line, streaming_callback=self._on_chunk,
             connect_timeout=10, request_timeout=3600)
         assert self._ticket is not None
+        metrics.PROXY_REQUESTS.inc()
         try:
             async with self._ticket:  # waits while the instance's slots are all taken
                 await AsyncHTTPClient().fetch(upstream, raise_error=False)
         except (TimeoutError, OSError, HTTPClientError) as err:
+            metrics.UPSTREAM_ERRORS.labels("http").inc()
             if not self._headers_sent:
                 self.set_status(502)
                 self.finish({"error": {"status": 502,
@@ -324,6 +329,7 @@ class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
                 subprotocols=protocols or None, max_message_size=self.max_message_size)
         except (OSError, HTTPClientError, tornado.websocket.WebSocketError) as err:
             code = err.code if isinstance(err, HTTPClientError) else 502
+            metrics.UPSTREAM_ERRORS.labels("websocket").inc()
             self.set_status(code if 400 <= code < 600 else 502)
             self.finish({"error": {"status": self.get_status(),
                                    "message": f"the instance refused the connection ({err})"}})
@@ -353,6 +359,7 @@ class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
         self.user_id = self.principal.user_id
         self.portal.presence.opened(self.uid, self, credential_of(
             self.portal.auth, self, self.principal), "lab")
+        metrics.WEBSOCKETS.labels("lab").inc()
         # Kernels answer with bursts of frames: with Nagle on, the later ones wait for the
         # peer's delayed ACK (~40 ms).
         self.set_nodelay(True)
@@ -368,6 +375,7 @@ class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
             if message is None:
                 self.close(self.upstream.close_code, self.upstream.close_reason)
                 return
+            metrics.PROXY_BYTES.labels("down").inc(len(message))
             try:
                 await self.write_message(message, binary=isinstance(message, bytes))
             except tornado.websocket.WebSocketClosedError:
@@ -377,6 +385,7 @@ class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
         if self.upstream is None:
             return
         activity.note(self.portal.activity, self.uid)
+        metrics.PROXY_BYTES.labels("up").inc(len(message))
         try:
             await self.upstream.write_message(message, binary=isinstance(message, bytes))
         except tornado.websocket.WebSocketClosedError:
@@ -388,6 +397,7 @@ class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
             self.upstream.close()
         if hasattr(self, "user_id"):
             self.portal.presence.closed(self.uid, self)
+            metrics.WEBSOCKETS.labels("lab").dec()
 
     def revalidate(self, route: Route | None, owner_present: bool) -> None:
         decision = authorize(self.principal, route.access, Action.OPEN_LAB, owner_present) \
