@@ -12,6 +12,7 @@ from orchestrator.reconciler import Reconciler
 from orchestrator.settings import Settings
 from web.auth import Authenticator
 from web.oidc_client import OidcClient
+from web.origins import Origins
 from web.presence import Presence
 from web.routes import PrincipalCache, RouteTable
 
@@ -25,6 +26,7 @@ class Portal:
     principals: PrincipalCache
     auth: Authenticator
     templates: jinja2.Environment
+    origins: Origins
     oidc: OidcClient | None = None  # OpenID Connect login, when configured
     # uid -> time of the last user input (desktop) or request (JupyterLab); flushed in
     # batches by the lifetime rules rather than written per event.
