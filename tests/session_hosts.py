@@ -57,6 +57,18 @@ def follow(client: httpx.Client, url: str, limit: int = 10) -> tuple[httpx.Respo
     return r, seen
 
 
+def open_as_browser(client: httpx.Client, server: AtriumServer, uid: str,
+                    path: str) -> httpx.Response:
+    """Open ``/instances/<uid>/<path>`` from the portal as a browser does, through the
+    instance's host and the ticket; a redirect to the login page is the answer itself."""
+    r = client.get(f"{server.url}/instances/{uid}/{path}")
+    for _ in range(10):
+        if not r.is_redirect or r.headers["Location"].startswith("/login"):
+            return r
+        r = client.get(str(r.url.join(r.headers["Location"])))
+    raise AssertionError("too many redirects")
+
+
 def enter(client: httpx.Client, server: AtriumServer, uid: str,
           path: str = "lab/api/status") -> httpx.Response:
     """Open ``/instances/<uid>/<path>`` as a browser does: through the portal's ticket."""

@@ -26,7 +26,7 @@ from tornado.routing import Matcher
 from orchestrator import session_tickets
 from orchestrator.errors import RequestError
 from sharing.policy import Action, authorize
-from web.auth import SESSION_COOKIE, bearer_token
+from web.auth import SESSION_COOKIE
 from web.base import ApiHandler, BaseHandler
 from web.desktop import KeyboardHandler
 from web.origins import Origins
@@ -170,10 +170,11 @@ class ToSessionHost(BaseHandler):
     async def prepare(self) -> None:
         uid = self.path_args[0]
         origins: Origins = self.portal.origins
-        target = origins.session_origin(uid) + (self.request.uri or "/")
         if self.request.method in ("GET", "HEAD") and not self.request.headers.get("Upgrade"):
-            self.redirect(target)
+            self.redirect(origins.session_origin(uid) + (self.request.uri or "/"))
             return
-        what = "a bearer token" if bearer_token(self) is None else "no login cookie"
-        raise RequestError(f"this instance is served at {origins.session_origin(uid)}; "
-                           f"on the portal's address only scripts with {what} reach it", 403)
+        await super().prepare()
+        if self.principal is None:
+            raise RequestError("authentication required: send an API token", 401)
+        raise RequestError(f"this instance is served at {origins.session_origin(uid)} (or "
+                           "here to scripts sending an API token and no login cookie)", 403)
