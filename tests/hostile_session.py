@@ -117,18 +117,18 @@ def hostile_page(server: AtriumServer) -> str:
 
 async def install_hostile_server(server: AtriumServer, uid: str, token: str) -> None:
     """Run as the owner, in the session's kernel: the next start loads the extension."""
+    config = "\n".join((
+        "import sys, types",
+        'module = types.ModuleType("atrium_hostile")',
+        f"exec({EXTENSION!r}, module.__dict__)",
+        f"module.PAGE = {hostile_page(server)!r}",
+        'sys.modules["atrium_hostile"] = module',
+        'c.ServerApp.jpserver_extensions = {"atrium_hostile": True}', ""))
     code = f"""
 import os, pathlib
 conf = pathlib.Path(os.environ["JUPYTER_CONFIG_DIR"])
 conf.mkdir(parents=True, exist_ok=True)
-(conf / "jupyter_server_config.py").write_text('''
-import sys, types
-module = types.ModuleType("atrium_hostile")
-exec({EXTENSION!r}, module.__dict__)
-module.PAGE = {hostile_page(server)!r}
-sys.modules["atrium_hostile"] = module
-c.ServerApp.jpserver_extensions = {{"atrium_hostile": True}}
-''')
+(conf / "jupyter_server_config.py").write_text({config!r})
 print("installed")
 """
     assert await run_code(server.url, uid, token, code) == "installed"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import tornado.escape
-from tornado.web import RequestHandler
+from tornado.web import RequestHandler, decode_signed_value
 
 from orchestrator.tokens import hash_token
 from sharing.policy import Principal
@@ -95,11 +95,22 @@ async def session_host_principal(handler: RequestHandler, uid: str) -> Principal
 
 
 def read_grant(handler: RequestHandler, uid: str) -> HostGrant | None:
+    """This host's grant. Every cookie of that name is tried: over http, code on another
+    instance's host can add one for the whole sessions domain, which must not shadow
+    this host's own (over https the ``__Host-`` prefix rules that out)."""
     portal = _portal(handler)
     name = cookie_names(secure_cookies(handler))[0]
-    grant = HostGrant.decode(handler.get_signed_cookie(
-        name, max_age_days=portal.settings.session_lifetime / 86400 + 1))
-    return grant if grant is not None and grant.uid == uid else None
+    for header in handler.request.headers.get_list("Cookie"):
+        for item in header.split(";"):
+            key, _, value = item.strip().partition("=")
+            if key != name:
+                continue
+            grant = HostGrant.decode(decode_signed_value(
+                handler.application.settings["cookie_secret"], name, value.strip('"'),
+                max_age_days=portal.settings.session_lifetime / 86400 + 1))
+            if grant is not None and grant.uid == uid:
+                return grant
+    return None
 
 
 def set_grant(handler: RequestHandler, grant: HostGrant) -> None:
