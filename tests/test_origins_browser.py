@@ -39,10 +39,12 @@ def test_instances_at_their_own_origins(browser: Browser,  # noqa: F811
     lab.wait_for_selector(".jp-LabShell", timeout=60_000)
     assert lab.url.startswith(f"{origin}/instances/{uid}/lab"), lab.url
     lab.locator('.jp-LauncherCard[data-category="Notebook"]').first.click()
+    expect(lab.get_by_text("Python 3 (ipykernel) | Idle")).to_be_visible(timeout=60_000)
     cell = lab.locator(".jp-Notebook .jp-Cell .cm-content").first
     cell.click()
-    lab.keyboard.type("6*7")
-    lab.keyboard.press("Shift+Enter")
+    cell.fill("6*7")
+    expect(cell).to_have_text("6*7")
+    cell.press("Shift+Enter")
     expect(lab.locator(".jp-OutputArea-output").first).to_have_text("42", timeout=60_000)
     # The lab's page cannot read the portal's cookies: it has only its own, HttpOnly.
     assert "atrium" not in lab.evaluate("document.cookie")
