@@ -63,6 +63,7 @@ start-up and raises :class:`SettingsError` naming the variable and what was expe
 | ATRIUM_SMTP_FROM | atrium@localhost | the sender of notifications |
 | ATRIUM_SMTP_STARTTLS | false | upgrade the connection with STARTTLS |
 | ATRIUM_SMTP_USERNAME / _PASSWORD | (none) | mail server login (or SMTP_PASSWORD_FILE) |
+| ATRIUM_MAX_BODY, ... | see settings_limits.py | resource bounds: bodies, timeouts, connections |
 
 (1) https, or http on loopback only; discovery at ISSUER/.well-known/openid-configuration.
 Register ``PUBLIC_URL/login/oidc/callback`` as the client's redirect URI,
@@ -103,6 +104,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from orchestrator.settings_limits import Limits, load_limits
 
 # The default lifetime rules (4): staff roles get longer.
 _STAFF_ROLES = ("STAFF", "ADMIN", "SUPPORT", "INSTRUMENT_SCIENTIST")
@@ -177,6 +180,7 @@ class Settings:
     session_origins: str = "subdomain"  # or "path" (see (7))
     sessions_domain: str = ""  # host[:port] under which <uid>.<domain> serves an instance
     allowed_hosts: tuple[str, ...] = ()
+    limits: Limits = field(default_factory=Limits)  # settings_limits.py
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -344,6 +348,7 @@ def load_settings(env: dict[str, str] | None = None, **overrides: object) -> Set
         **_oidc(env),
         **_lifetime(env),
         **_origins(env, env.get("ATRIUM_PUBLIC_URL") or f"http://{host}:{port}"),
+        limits=load_limits(env),
     )
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -10,7 +10,6 @@ from pathlib import Path
 import jinja2
 import tornado.web
 from tornado.httpclient import AsyncHTTPClient
-from tornado.httpserver import HTTPServer
 from tornado.netutil import Resolver
 from tornado.routing import AnyMatches, Matcher, PathMatches, Rule
 
@@ -23,7 +22,7 @@ from orchestrator.reconciler import Reconciler
 from orchestrator.scheduler import JobScheduler, leader_name, portal_jobs
 from orchestrator.settings import Settings
 from spawners.registry import make_backends
-from web import oidc, pages
+from web import bodylimit, oidc, pages
 from web.admin_api import ADMIN_API_ROUTES
 from web.admin_pages import ADMIN_PAGE_ROUTES
 from web.api import API_ROUTES
@@ -132,7 +131,8 @@ def make_app(portal: Portal) -> tornado.web.Application:
         xsrf_cookie_kwargs={"samesite": "Lax", "secure": portal.settings.secure_cookies},
         login_url="/login",
         static_path=str(HERE / "static"),
-        websocket_max_message_size=256 * 1024 * 1024,
+        # The portal's own sockets (the desktop bridge); the lab relay sets its own.
+        websocket_max_message_size=portal.settings.limits.ws_max_message,
         websocket_ping_interval=30,
     )
     # By host: an instance's own host, the portal's names, anything else refused (only the
@@ -178,14 +178,16 @@ async def build_portal(settings: Settings, db: Database) -> Portal:
 async def serve(settings: Settings) -> None:
     """Run the portal until SIGINT/SIGTERM. Sessions keep running when it stops."""
     settings.check_for_serving()
-    # The proxy streams bodies of any size (Tornado's client would refuse > 100 MiB).
-    AsyncHTTPClient.configure(None, max_clients=1000, max_body_size=2**62)
+    # The proxy streams bodies of any size (Tornado's client would refuse > 100 MiB); each
+    # instance gets a share of the clients (web/limits.py InstanceSlots).
+    AsyncHTTPClient.configure(None, max_clients=settings.limits.upstream_connections,
+                              max_body_size=2**62)
     Resolver.configure(IPLiteralResolver)
     db = Database(settings.database_url)
     await db.check_schema()
     portal = await build_portal(settings, db)
     app = make_app(portal)
-    server = HTTPServer(app, xheaders=False, max_body_size=10 * 1024**3)
+    server = bodylimit.make_server(app, settings.limits)
     server.listen(settings.port, settings.host)
     # The reconcile sweep, expiry and warnings run in the scheduler leader only (one process
     # per database); every process flushes the activity it saw.

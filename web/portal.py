@@ -11,6 +11,7 @@ from orchestrator.lifetime import LifetimeService
 from orchestrator.reconciler import Reconciler
 from orchestrator.settings import Settings
 from web.auth import Authenticator
+from web.limits import Bounds
 from web.oidc_client import OidcClient
 from web.origins import Origins
 from web.presence import Presence
@@ -34,6 +35,11 @@ class Portal:
     presence: Presence = field(default_factory=Presence)
     # Lifetime jobs and rules (orchestrator/lifetime.py); set by build_portal.
     lifetime: LifetimeService | None = None
+    # Open connections per user and requests in flight per instance (web/limits.py).
+    bounds: Bounds = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.bounds = Bounds(self.settings.limits)
 
     async def revalidate(self, uid: str) -> None:
         """Membership of ``uid`` changed here: re-check its open connections now."""
