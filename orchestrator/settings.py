@@ -10,6 +10,9 @@ start-up and raises :class:`SettingsError` naming the variable and what was expe
 | ATRIUM_DATABASE_URL | sqlite in STATE_DIR | SQLAlchemy URL (sqlite:///..., postgresql://...) |
 | ATRIUM_HOST / ATRIUM_PORT | 127.0.0.1 / 8000 | where the portal listens |
 | ATRIUM_PUBLIC_URL | http://HOST:PORT | the URL users reach (origin checks, links) |
+| ATRIUM_SESSION_ORIGINS | subdomain | `subdomain`: instances at origins of their own (9); `path` |
+| ATRIUM_SESSIONS_DOMAIN | sessions.localhost | instance UID is served at `UID.<this>[:port]` (9) |
+| ATRIUM_ALLOWED_HOSTS | (none) | the portal's names besides PUBLIC_URL's, comma separated (9) |
 | ATRIUM_COOKIE_SECRET | generated in demo mode | signs session cookies; required otherwise |
 | ATRIUM_DEMO_MODE | false | enables the development login (demo users, no password) |
 | ATRIUM_DEPLOYMENT_ID | atrium | labels every backend resource; one per installation |
@@ -95,6 +98,16 @@ jobs (expiry, warnings, reconcile sweep); another takes over when it stops renew
 the load balancer to notice) the portal stops accepting, asks open WebSockets to reconnect
 elsewhere (close code 1001), flushes activity and hands over the scheduler lease, all within
 GRACE seconds (keep it below the pod's terminationGracePeriodSeconds).
+(9) `subdomain` (the default): instance UID at `<scheme>://UID.<SESSIONS_DOMAIN>`, with
+PUBLIC_URL's scheme, and its port unless SESSIONS_DOMAIN names one. Requests for any other
+name than those, PUBLIC_URL's, ALLOWED_HOSTS and IP literals are refused (DNS rebinding).
+Content in a session (notebook output, a replaced server) is written by its owner and
+members; served from the portal's origin it would act as whoever opens it. In `subdomain`
+mode the portal hands the browser a one-time ticket that the instance's host trades for a
+cookie valid there alone. Point a wildcard DNS name (and certificate) at the portal, ideally
+under another registrable domain than PUBLIC_URL's (`*.sessions.localhost` needs no DNS:
+browsers resolve it to loopback). `path` keeps every session on the portal's origin: only
+for set-ups where one person uses Atrium.
 """
 
 from __future__ import annotations
@@ -181,6 +194,9 @@ class Settings:
     smtp_starttls: bool = False
     smtp_username: str = ""
     smtp_password: str = field(default="", repr=False)
+    session_origins: str = "subdomain"  # or "path" (see (9))
+    sessions_domain: str = ""  # host[:port] under which <uid>.<domain> serves an instance
+    allowed_hosts: tuple[str, ...] = ()
     limits: Limits = field(default_factory=Limits)  # settings_limits.py
     log_format: str = "text"
     metrics_port: int = 0
@@ -356,6 +372,7 @@ def load_settings(env: dict[str, str] | None = None, **overrides: object) -> Set
         session_idle_timeout=_number(env, "ATRIUM_SESSION_IDLE_TIMEOUT", 86400.0, minimum=1),
         **_oidc(env),
         **_lifetime(env),
+        **_origins(env, env.get("ATRIUM_PUBLIC_URL") or f"http://{host}:{port}"),
         limits=load_limits(env),
         **_production(env),
     )
@@ -364,6 +381,27 @@ def load_settings(env: dict[str, str] | None = None, **overrides: object) -> Set
 
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+def _origins(env: dict[str, str], public_url: str) -> dict[str, object]:
+    """Where instances are served (9): their mode, domain and the portal's other names."""
+    mode = env.get("ATRIUM_SESSION_ORIGINS", "subdomain").strip().lower() or "subdomain"
+    if mode not in ("subdomain", "path"):
+        raise SettingsError(f"ATRIUM_SESSION_ORIGINS={mode!r}: expected subdomain or path")
+    domain = env.get("ATRIUM_SESSIONS_DOMAIN", "").strip().lower().strip(".")
+    name, _, port = (domain or "sessions.localhost").partition(":")
+    if not all(part.replace("-", "").isalnum() for part in name.split(".")) or (
+            port and not port.isdigit()):
+        raise SettingsError(f"ATRIUM_SESSIONS_DOMAIN={domain!r}: expected a DNS name, "
+                            "optionally with :port")
+    if not port and urlsplit(public_url).port:
+        port = str(urlsplit(public_url).port)
+    hosts = tuple(h.lower() for h in _list(env, "ATRIUM_ALLOWED_HOSTS", ()))
+    if any(not h.replace("-", "").replace(".", "").isalnum() for h in hosts):
+        raise SettingsError(f"ATRIUM_ALLOWED_HOSTS={','.join(hosts)!r}: expected host names "
+                            "without port, comma separated")
+    return dict(session_origins=mode, sessions_domain=f"{name}:{port}" if port else name,
+                allowed_hosts=hosts)
 
 
 def _oidc(env: dict[str, str]) -> dict[str, object]:

@@ -11,7 +11,7 @@ import jinja2
 import tornado.web
 from tornado.httpclient import AsyncHTTPClient
 from tornado.netutil import Resolver
-from tornado.routing import Rule
+from tornado.routing import AnyMatches, Matcher, PathMatches, Rule
 
 from orchestrator import metrics
 from orchestrator.announce import Announcer
@@ -30,13 +30,15 @@ from web.admin_api import ADMIN_API_ROUTES
 from web.admin_pages import ADMIN_PAGE_ROUTES
 from web.api import API_ROUTES
 from web.auth import Authenticator
-from web.base import NotFoundApi
+from web.base import NotFoundApi, NotFoundPage
 from web.desktop import DesktopBridge, DesktopPage, KeyboardHandler, novnc_dir
+from web.headers import StaticFiles
 from web.health import ReadyHandler
 from web.lifetime_api import LIFETIME_API_ROUTES
 from web.lifetime_pages import LIFETIME_PAGE_ROUTES
 from web.metrics import start_metrics_server
 from web.oidc_client import OidcClient
+from web.origins import Origins, PortalHost, SessionHost, SessionPath
 from web.portal import Portal
 from web.proxy import IsWebSocket, LabProxyHandler, LabWebSocketProxy
 from web.resolver import IPLiteralResolver
@@ -45,6 +47,15 @@ from web.routes import PrincipalCache, RouteTable
 from web.sharing_api import SHARING_ROUTES
 from web.sharing_pages import SHARING_PAGES
 from web.shutdown import drain
+from web.tickets import (
+    EnterHandler,
+    ScriptOnly,
+    SessionKeyboard,
+    SessionNotFound,
+    TicketHandler,
+    ToSessionHost,
+    UnknownHost,
+)
 from web.tokens import TOKEN_ROUTES
 
 HERE = Path(__file__).parent
@@ -53,13 +64,48 @@ log = logging.getLogger("atrium")
 UID = r"([0-9a-f]{1,32})"
 
 
+SESSION_PATHS: list[tuple[str, bool | None, type]] = [  # (pattern, WebSocket?, handler)
+    (rf"/instances/{UID}/lab/(.*)", True, LabWebSocketProxy),
+    (rf"/instances/{UID}/lab/(.*)", False, LabProxyHandler),
+    (rf"/instances/{UID}/lab", None, pages.LabSlashRedirect),
+    (rf"/instances/{UID}/desktop/websockify", True, DesktopBridge),
+    (rf"/instances/{UID}/desktop", None, DesktopPage),
+]
+
+
+def session_paths_on_portal(origins: Origins) -> list[Rule]:
+    """The lab and desktop on the portal's host: all of it in ``path`` mode; in
+    ``subdomain`` mode scripts with an API token only, browsers go to the instance's host."""
+    rules = []
+    for pattern, websocket, handler in SESSION_PATHS:
+        matcher: Matcher = IsWebSocket(pattern) if websocket else PathMatches(pattern)
+        rules.append(Rule(ScriptOnly(matcher) if origins.subdomains else matcher, handler))
+    if origins.subdomains:
+        rules.append(Rule(PathMatches(rf"/instances/{UID}/(?:lab|desktop)(?:/.*)?"),
+                          ToSessionHost))
+    return rules
+
+
+def session_host_rules(origins: Origins) -> list[Rule]:
+    """What an instance's own host serves: its lab, desktop and ticket redemption."""
+    static = [(r"/static/(.*)", StaticFiles, {"path": str(HERE / "static")})]
+    if novnc_dir():
+        static.append((r"/novnc/(.*)", StaticFiles, {"path": str(novnc_dir())}))
+    return [
+        *(Rule(SessionPath(origins, pattern, websocket), handler)
+          for pattern, websocket, handler in SESSION_PATHS),
+        Rule(SessionPath(origins, rf"/instances/{UID}/desktop/keyboard"), SessionKeyboard),
+        Rule(SessionPath(origins, rf"/instances/{UID}/ticket"), TicketHandler),
+        *(Rule(PathMatches(pattern), handler, kwargs) for pattern, handler, kwargs in static),
+        Rule(PathMatches(r".*"), SessionNotFound),
+    ]
+
+
 def make_app(portal: Portal) -> tornado.web.Application:
+    origins = portal.origins
     handlers: list = [
-        Rule(IsWebSocket(rf"/instances/{UID}/lab/(.*)"), LabWebSocketProxy),
-        (rf"/instances/{UID}/lab/(.*)", LabProxyHandler),
-        (rf"/instances/{UID}/lab", pages.LabSlashRedirect),
-        Rule(IsWebSocket(rf"/instances/{UID}/desktop/websockify"), DesktopBridge),
-        (rf"/instances/{UID}/desktop", DesktopPage),
+        *session_paths_on_portal(origins),
+        (rf"/instances/{UID}/enter", EnterHandler),
         (rf"/instances/{UID}", pages.InstancePage),
         (r"/", pages.DashboardHandler),
         (r"/login", pages.LoginHandler),
@@ -79,13 +125,14 @@ def make_app(portal: Portal) -> tornado.web.Application:
         *TOKEN_ROUTES,
         *ADMIN_API_ROUTES,
         *ADMIN_PAGE_ROUTES,
-        *([(r"/novnc/(.*)", tornado.web.StaticFileHandler, {"path": str(novnc_dir())})]
-          if novnc_dir() else []),
+        *([(r"/novnc/(.*)", StaticFiles, {"path": str(novnc_dir())})] if novnc_dir() else []),
         (r"/api/.*", NotFoundApi),
+        (r".*", NotFoundPage),
     ]
-    return tornado.web.Application(
+    app = tornado.web.Application(
         handlers,
         portal=portal,
+        static_handler_class=StaticFiles,
         cookie_secret=portal.settings.cookie_secret,
         xsrf_cookies=True,
         cross_origin_protection=True,
@@ -96,6 +143,15 @@ def make_app(portal: Portal) -> tornado.web.Application:
         websocket_max_message_size=portal.settings.limits.ws_max_message,
         websocket_ping_interval=30,
     )
+    # By host: an instance's own host, the portal's names, anything else refused (only the
+    # health check answers there, for probes that address the server by any name).
+    router = app.default_router
+    router.rules = [router.process_rule(rule) for rule in (
+        Rule(SessionHost(origins), session_host_rules(origins)),
+        Rule(PortalHost(origins), app.wildcard_router),
+        Rule(AnyMatches(), [(r"/healthz", pages.HealthHandler), (r".*", UnknownHost)]),
+    )]
+    return app
 
 
 def make_templates() -> jinja2.Environment:
@@ -114,7 +170,7 @@ async def build_portal(settings: Settings, db: Database) -> Portal:
                     principals=principals,
                     auth=Authenticator(db, principals, token_ttl=settings.cache_ttl,
                                        settings=settings, session_ttl=settings.cache_ttl),
-                    templates=make_templates(),
+                    templates=make_templates(), origins=Origins.from_settings(settings),
                     oidc=OidcClient(settings) if settings.oidc_enabled else None,
                     announcer=Announcer(db),
                     schema=SchemaCheck(db))

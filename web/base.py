@@ -13,7 +13,9 @@ from orchestrator.models import User
 from orchestrator.paging import Page
 from sharing.policy import Principal
 from web.auth import SESSION_COOKIE, bearer_token
+from web.headers import set_page_headers
 from web.portal import Portal
+from web.session_auth import entry_url, request_principal
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -25,7 +27,13 @@ class BaseHandler(tornado.web.RequestHandler):
         return portal
 
     async def prepare(self) -> None:
-        self.principal = await self.portal.auth.principal(self)
+        self.principal = await request_principal(self)
+
+    def set_default_headers(self) -> None:
+        set_page_headers(self)
+
+    def get_login_url(self) -> str:
+        return entry_url(self)  # the login page, or the ticket flow on an instance's host
 
     def get_current_user(self) -> Principal | None:
         return self.principal
@@ -136,3 +144,10 @@ class ApiHandler(BaseHandler):
 class NotFoundApi(ApiHandler):
     async def prepare(self) -> None:
         raise RequestError(f"no such API endpoint: {self.request.path}", 404)
+
+
+class NotFoundPage(BaseHandler):
+    """Any path no route matches (a page, with the page headers)."""
+
+    async def prepare(self) -> None:
+        raise tornado.web.HTTPError(404, "no such page")

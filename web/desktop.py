@@ -30,6 +30,7 @@ from web.base import ApiHandler, BaseHandler
 from web.credentials import credential_of
 from web.proxy import ProxyAuth, Refusal, cross_origin_error
 from web.routes import Route
+from web.session_auth import request_principal
 
 log = logging.getLogger("atrium.desktop")
 
@@ -87,7 +88,7 @@ class DesktopBridge(ProxyAuth, tornado.websocket.WebSocketHandler):
         return getattr(self, "principal", None)
 
     async def get(self, uid: str) -> None:
-        self.principal = await self.portal.auth.principal(self)
+        self.principal = await request_principal(self)
         error = cross_origin_error(self)
         if error is not None:
             Refusal(403, f"cross-origin WebSocket refused: {error}").answer(self)
@@ -218,8 +219,12 @@ class DesktopPage(BaseHandler):
         if not decision:
             raise tornado.web.HTTPError(decision.status, decision.reason)
         can_input = bool(authorize(self.principal, route.access, Action.DESKTOP_INPUT, present))
+        on_own_host = self.portal.origins.session_uid(self.request.host_name) == uid
         self.render_page("desktop.html", uid=uid, view_only=not can_input,
-                         novnc=novnc_dir() is not None, layouts=KEYBOARD_LAYOUTS)
+                         novnc=novnc_dir() is not None, layouts=KEYBOARD_LAYOUTS,
+                         keyboard_url=f"/instances/{uid}/desktop/keyboard" if on_own_host
+                         else f"/api/v1/instances/{uid}/keyboard",
+                         back_url=f"{self.portal.origins.portal_url}/instances/{uid}")
 
 
 def novnc_dir() -> Path | None:

@@ -19,6 +19,7 @@ from orchestrator.settings import Settings
 from web.auth import Authenticator
 from web.limits import Bounds
 from web.oidc_client import OidcClient
+from web.origins import Origins
 from web.presence import Presence
 from web.routes import PrincipalCache, RouteTable
 
@@ -32,6 +33,7 @@ class Portal:
     principals: PrincipalCache
     auth: Authenticator
     templates: jinja2.Environment
+    origins: Origins
     oidc: OidcClient | None = None  # OpenID Connect login, when configured
     # uid -> time of the last user input (desktop) or request (JupyterLab); flushed in
     # batches by the lifetime rules rather than written per event.

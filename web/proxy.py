@@ -25,21 +25,22 @@ from tornado.routing import Matcher, PathMatches
 from orchestrator import metrics
 from sharing.policy import Action, authorize
 from web import activity, bodylimit
-from web.auth import SESSION_COOKIE
 from web.base import BaseHandler
 from web.credentials import credential_of
+from web.headers import PAGE_HEADERS, SANDBOXED, passes
 from web.limits import INSTANCE_BUSY, TOO_MANY_USER_CONNECTIONS, Lease, Ticket
 from web.routes import Route
+from web.session_auth import ATRIUM_COOKIES, entry_url, request_principal
 
 log = logging.getLogger("atrium.proxy")
 
 HOP_BY_HOP = frozenset(h.lower() for h in (
     "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
     "Transfer-Encoding", "Upgrade", "Proxy-Connection"))
-REQUEST_DROP = HOP_BY_HOP | {"host", "authorization", "cookie", "content-length"}
+REQUEST_DROP = HOP_BY_HOP | {"host", "authorization", "cookie", "content-length",
+                             "x-xsrftoken", "x-csrftoken"}
 WS_DROP = REQUEST_DROP | {"sec-websocket-key", "sec-websocket-version",
                           "sec-websocket-extensions", "sec-websocket-protocol", "origin"}
-RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 BODY_QUEUE = 8  # chunks in flight from the client before the upload is paused
 
 
@@ -63,7 +64,7 @@ def _without_session_cookie(header: str) -> str:
     except Exception:
         return ""
     return "; ".join(f"{k}={m.coded_value}" for k, m in jar.items()
-                     if k not in (SESSION_COOKIE, "_xsrf"))
+                     if k not in ATRIUM_COOKIES)
 
 
 def upstream_headers(incoming: HTTPHeaders, token: str, drop: frozenset[str]) -> HTTPHeaders:
@@ -115,8 +116,7 @@ class ProxyAuth:
             request = handler.request
             if decision.status == 401 and request.method == "GET" and not (
                     request.headers.get("Upgrade")):
-                return Refusal(401, decision.reason,
-                               f"/login?next={tornado.escape.url_escape(request.uri or '/')}")
+                return Refusal(401, decision.reason, entry_url(handler))
             return Refusal(decision.status, decision.reason)
         if protocol not in route.endpoints:
             service = "JupyterLab" if protocol == "jupyter" else "the desktop"
@@ -213,14 +213,18 @@ class LabProxyHandler(ProxyAuth, BaseHandler):
             self.set_status(code, reason)
             self._clear_headers_for_proxy()
             for name, value in self._response_headers.get_all():
-                if name.lower() not in RESPONSE_DROP:
+                if passes(name):
                     self.add_header(name, value)
+            if self.portal.origins.subdomains and self.portal.origins.session_uid(
+                    self.request.host_name) is None:
+                for name, value in SANDBOXED.items():  # a script's request (see tickets.py)
+                    self.set_header(name, value)
             if "Content-Length" in self._response_headers and self.request.method != "HEAD":
                 self.set_header("Content-Length", self._response_headers["Content-Length"])
             self._headers_sent = True
 
     def _clear_headers_for_proxy(self) -> None:
-        for name in ("Content-Type", "Server", "Date"):
+        for name in ("Content-Type", "Server", "Date", *PAGE_HEADERS):
             self.clear_header(name)
 
     def _on_chunk(self, chunk: bytes) -> Any:
@@ -307,7 +311,7 @@ class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
         return self.application.settings["portal"]
 
     async def get(self, uid: str, path: str) -> None:
-        self.principal = await self.portal.auth.principal(self)
+        self.principal = await request_principal(self)
         error = cross_origin_error(self)
         if error is not None:
             Refusal(403, f"cross-origin WebSocket refused: {error}").answer(self)
@@ -356,6 +360,7 @@ class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
 
     def open(self, *args: str) -> None:
         self.uid = args[0]
+        assert self.principal is not None  # authorised in get()
         self.user_id = self.principal.user_id
         self.portal.presence.opened(self.uid, self, credential_of(
             self.portal.auth, self, self.principal), "lab")

@@ -58,3 +58,18 @@
     } catch (e) { /* offline for a moment: try again next tick */ }
   }, 4000);
 })();
+
+// Behaviour the templates declare with data attributes (the pages allow no inline script).
+(function () {
+  document.addEventListener("click", (e) => {
+    const ask = e.target.closest("[data-confirm]");
+    if (ask && !confirm(ask.dataset.confirm)) e.preventDefault();
+    const select = e.target.closest("[data-select-on-click]");
+    if (select) select.select();
+  });
+  document.addEventListener("change", (e) => {
+    if (e.target.matches("[data-autosubmit]")) e.target.form.submit();
+  });
+  // A pending access request: the owner's answer appears without reloading by hand.
+  if (document.querySelector('[data-request-status="PENDING"]')) setTimeout(() => location.reload(), 3000);
+})();
