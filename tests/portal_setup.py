@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,6 +13,7 @@ from orchestrator.catalog_spec import parse_catalog
 from orchestrator.db import Database
 from orchestrator.settings import normalise_database_url
 from tests.conftest import AtriumServer
+from tests.lifetime_helpers import query
 
 
 async def apply_catalog_file(srv: AtriumServer, path: Path) -> None:
@@ -49,7 +49,7 @@ def start_with_catalog(srv: AtriumServer, catalog: Path, users: Sequence[str]) -
 
 def endpoints_of(srv: AtriumServer, uid: str) -> dict[str, str]:
     """What the backend reported (stored on the instance; never shown to members)."""
-    with sqlite3.connect(srv.state_dir / "atrium.db") as db:
-        row = db.execute("SELECT endpoints FROM instances WHERE uid = ?", (uid,)).fetchone()
+    (row,) = query(srv.env["ATRIUM_DATABASE_URL"],
+                   "SELECT endpoints FROM instances WHERE uid = :uid", uid=uid)
     value = row[0]
     return dict(json.loads(value) if isinstance(value, str) else value)

@@ -137,6 +137,7 @@ async def serve(settings: Settings) -> None:
     scheduler = JobScheduler(db, portal_jobs(settings, portal.reconciler, portal.lifetime),
                              holder=leader_name(settings.host, settings.port),
                              lease=settings.leader_lease)
+    portal.job_runs = scheduler.completed
     scheduler.start()
     # Revocation and the owner's absence reach open connections within seconds.
     presence_task = asyncio.get_running_loop().create_task(

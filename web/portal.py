@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import jinja2
@@ -32,6 +33,8 @@ class Portal:
     presence: Presence = field(default_factory=Presence)
     # Lifetime jobs and rules (orchestrator/lifetime.py); set by build_portal.
     lifetime: LifetimeService | None = None
+    # Scheduled job -> runs finished in this process (the scheduler's counter; /healthz).
+    job_runs: Mapping[str, int] = field(default_factory=dict)
 
     async def revalidate(self, uid: str) -> None:
         """Membership of ``uid`` changed here: re-check its open connections now."""

@@ -34,6 +34,7 @@ from tests.kubernetes.k8s_helpers import (
 from tests.portal_setup import endpoints_of, start_with_catalog
 from tests.rfb_client import RfbClient
 from tests.sessions import run_code, wait_for
+from tests.sweeps import wait_for_sweeps
 
 if TYPE_CHECKING:
     from tests.kubernetes.conftest import K8sEnv
@@ -204,8 +205,8 @@ async def test_pods_outlive_a_portal_crash_and_are_adopted(
     # The same JupyterLab: the kernels started before the crash are still there.
     kernels = alice.get(f"/instances/{lab}/lab/api/kernels")
     assert kernels.status_code == 200 and len(kernels.json()) >= 1
-    # Sweeps ran (one at start-up, then every 2 s): the pod was adopted, not recreated.
-    time.sleep(2.5)
+    # Whole sweeps ran since (and the work they kicked): the pod was adopted, not recreated.
+    wait_for_sweeps(portal, whole=2)
     pods = k8s_cluster.core.list_namespaced_pod(
         k8s_cluster.namespace, label_selector=f"{LABEL_INSTANCE}={lab}").items
     assert [p.metadata.uid for p in pods] == [before["metadata"]["uid"]]

@@ -24,6 +24,7 @@ from tests.harness.openstack.bootstrap import CloudSettings
 from tests.openstack.helpers import tagged_servers
 from tests.portal_setup import endpoints_of, start_with_catalog
 from tests.sessions import run_code, wait_for
+from tests.sweeps import wait_for_sweeps
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -128,7 +129,7 @@ def test_server_outlives_a_portal_crash(portal: AtriumServer, lab: str,
     kernels = alice.get(f"/instances/{lab}/lab/api/kernels")
     assert kernels.status_code == 200, kernels.text
     assert len(kernels.json()) >= 1
-    time.sleep(2.5)  # sweeps ran (start-up, then every 2 s): adopted, not recreated
+    wait_for_sweeps(portal, whole=2)  # and the work they kicked: adopted, not recreated
     assert [s.id for s in tagged_servers(openstack_cloud, lab)] == before
     assert alice.get(f"/api/v1/instances/{lab}").json()["status"] == "ACTIVE"
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import secrets
-import sqlite3
 import time
 from typing import Any
 
@@ -25,6 +24,7 @@ from spawners.openstack import meta_key, tag
 from tests.conftest import AtriumServer
 from tests.harness.openstack.bootstrap import CloudSettings
 from tests.harness.openstack.cloud import LocalCloud
+from tests.lifetime_helpers import query
 from tests.openstack.helpers import tagged_servers
 from tests.openstack.test_openstack_portal import (  # noqa: F401  (portal: a fixture)
     IMAGE,
@@ -51,11 +51,11 @@ def launch_with(client: httpx.Client, name: str, proposals: list[str]) -> str:
 
 
 def token_of(srv: AtriumServer, uid: str) -> str:
-    with sqlite3.connect(srv.state_dir / "atrium.db") as db:
-        row = db.execute("SELECT s.jupyter_token FROM instance_secrets s JOIN instances i "
-                         "ON i.id = s.instance_id WHERE i.uid = ?", (uid,)).fetchone()
-    assert row is not None, f"no secrets stored for {uid}"
-    return str(row[0])
+    rows = query(srv.env["ATRIUM_DATABASE_URL"],
+                 "SELECT s.jupyter_token FROM instance_secrets s JOIN instances i "
+                 "ON i.id = s.instance_id WHERE i.uid = :uid", uid=uid)
+    assert rows, f"no secrets stored for {uid}"
+    return str(rows[0][0])
 
 
 def user_data_of(cloud: CloudSettings, server_id: str) -> str:
