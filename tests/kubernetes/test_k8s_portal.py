@@ -31,7 +31,12 @@ from tests.kubernetes.k8s_helpers import (
     read,
     write_pod_config,
 )
-from tests.portal_setup import endpoints_of, start_with_catalog
+from tests.portal_setup import (
+    PORTAL_DATABASES,
+    endpoints_of,
+    portal_database,
+    start_with_catalog,
+)
 from tests.rfb_client import RfbClient
 from tests.sessions import run_code, wait_for
 from tests.sweeps import wait_for_sweeps
@@ -45,15 +50,23 @@ RIGHT_BUTTON = 4
 ESCAPE = 0xFF1B
 
 
+@pytest.fixture(scope="module", params=PORTAL_DATABASES)
+def portal_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+              ) -> Iterator[str]:
+    """The portal's database: this module runs on SQLite and on PostgreSQL."""
+    with portal_database(request.param, tmp_path_factory) as url:
+        yield url
+
+
 @pytest.fixture(scope="module")
-def portal(k8s_cluster: K8sEnv, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[AtriumServer]:
+def portal(k8s_cluster: K8sEnv, tmp_path_factory: pytest.TempPathFactory,
+           portal_db: str) -> Iterator[AtriumServer]:
     """``atrium serve`` with the kubernetes backend on the test cluster."""
     env = k8s_cluster
     if env.external:
         pytest.skip("needs the kubelet double: pods run the venv's JupyterLab and host data")
     state = tmp_path_factory.mktemp("k8s-portal")
-    srv = AtriumServer(f"sqlite:///{state}/atrium.db", state,
+    srv = AtriumServer(portal_db, state,
                        ATRIUM_BACKENDS="local,kubernetes",
                        ATRIUM_K8S_KUBECONFIG=str(env.kubeconfig),
                        ATRIUM_K8S_NAMESPACE=env.namespace,
