@@ -15,7 +15,7 @@ from tornado.websocket import websocket_connect
 from orchestrator.models import MemberRole, utcnow
 from sharing.policy import MEMBER_GRANTS, Action, InstanceAccess, Principal, authorize
 from tests.conftest import AtriumServer
-from tests.lifetime_helpers import query
+from tests.lifetime_helpers import execute
 from tests.rfb_client import RfbClient
 from tests.sessions import launch, launch_plan, wait_for
 
@@ -75,10 +75,10 @@ def test_invitation_links_work_once_before_expiry_and_untampered(server: AtriumS
                        json={"role": "USER", "expires_in_hours": 1}).json()["token"]
     # An hour passes (instead of sleeping through a short expiry): the expiry the portal
     # recorded is moved to one second ago behind its back.
-    query(server.env["ATRIUM_DATABASE_URL"],
-          "UPDATE invitations SET expires_at = :past WHERE used_at IS NULL "
-          "AND instance_id = (SELECT id FROM instances WHERE uid = :uid)",
-          past=utcnow() - dt.timedelta(seconds=1), uid=uid)
+    execute(server.env["ATRIUM_DATABASE_URL"],
+            "UPDATE invitations SET expires_at = :past WHERE used_at IS NULL "
+            "AND instance_id = (SELECT id FROM instances WHERE uid = :uid)",
+            past=utcnow() - dt.timedelta(seconds=1), uid=uid)
     r = bob.post(f"/api/v1/invitations/{short}")
     assert r.status_code == 410 and "expired" in r.json()["error"]["message"]
     members = {m["username"]: m["role"] for m in
