@@ -121,7 +121,7 @@ class AtriumServer:
             self.proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "serve"],
                                          env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                          cwd=ROOT)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # a bound: imports take 30 s on a loaded machine
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"atrium serve exited:\n{self.log.read_text()[-3000:]}")
