@@ -29,6 +29,13 @@ pytestmark = pytest.mark.timeout(180)
 HOLD = "atrium.test/hold"  # a finalizer that keeps a deleted pod terminating
 
 
+def release(env: K8sEnv, name: str) -> None:
+    """Drop the pod's finalizers (a merge patch: a strategic one merges finalizer lists)."""
+    env.core.patch_namespaced_pod(name, env.namespace, {"metadata": {"finalizers": None}},
+                                  _content_type="application/merge-patch+json",
+                                  _preload_content=False)
+
+
 def wait(predicate: Any, within: float, what: str) -> None:
     deadline = time.monotonic() + within
     while not predicate():
@@ -124,20 +131,22 @@ async def test_a_terminating_pod_of_the_instance_is_waited_for_then_replaced(
         creating = asyncio.create_task(backend.create(spec, Checkpoints()))
         done, _ = await asyncio.wait({creating}, timeout=3)
         assert not done, "create adopted a terminating pod instead of waiting for it"
-        env.core.patch_namespaced_pod(name, env.namespace, {"metadata": {"finalizers": []}},
-                                      _preload_content=False)
+        release(env, name)
         new = await asyncio.wait_for(creating, 60)
         assert new["pod_uid"] != state["pod_uid"]
         pod = read(env, "pod", name)
         assert pod is not None and pod["metadata"]["uid"] == new["pod_uid"]
         assert not pod["metadata"].get("deletionTimestamp")
         assert pod["metadata"]["labels"][LABEL_DEPLOYMENT] == deployment_id
+        # The secret is the new pod's (the old pod's was replaced, not left for the garbage
+        # collector to delete under the new pod).
+        secret = read(env, "secret", name)
+        assert secret is not None
+        assert [r["uid"] for r in secret["metadata"]["ownerReferences"]] == [new["pod_uid"]]
         state = new
     finally:
         try:
-            env.core.patch_namespaced_pod(name, env.namespace,
-                                          {"metadata": {"finalizers": []}},
-                                          _preload_content=False)
+            release(env, name)
         except client.ApiException:
             pass
         await backend.delete(spec.uid, state)
