@@ -210,6 +210,7 @@ async def serve(settings: Settings) -> None:
     scheduler = JobScheduler(db, portal_jobs(settings, portal.reconciler, portal.lifetime),
                              holder=leader_name(settings.host, settings.port),
                              lease=settings.leader_lease)
+    portal.job_runs = scheduler.completed
     scheduler.start()
     metrics.track_leader(lambda: scheduler.is_leader)
     # Revocation reaches open connections at once (announcements) and, as a safety net and

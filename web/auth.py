@@ -51,8 +51,10 @@ class Authenticator:
     """Resolves a request to a :class:`Principal`; starts and ends login sessions."""
 
     def __init__(self, db: Database, principals: PrincipalCache, token_ttl: float = 10.0,
-                 settings: Settings | None = None, session_ttl: float = 10.0) -> None:
+                 settings: Settings | None = None, session_ttl: float = 10.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.db = db
+        self.clock = clock  # epoch seconds; tests script it to cross idle and lifetime limits
         self.principals = principals
         self.tokens: TtlCache[str, int | None] = TtlCache(self._token_owner, token_ttl)
         self.sessions: TtlCache[str, SessionSnapshot | None] = TtlCache(self._session,
@@ -104,7 +106,7 @@ class Authenticator:
         snap = await self.sessions.get(digest)
         if snap is None or snap.revoked:
             return None
-        now = time.time()
+        now = self.clock()
         if now >= snap.expires_at or (snap.method == "demo" and not self.demo_mode):
             return None
         if now - max(snap.last_seen_at, self._activity.get(digest, 0.0)) > self.idle_timeout:
@@ -129,7 +131,7 @@ class Authenticator:
             self._checks[digest] = task
             task.add_done_callback(lambda _: self._checks.pop(digest, None))
         alive = await asyncio.shield(task)
-        self._checked[digest] = time.time()
+        self._checked[digest] = self.clock()
         if not alive:
             self.forget(digest)
         return alive
@@ -154,7 +156,7 @@ class Authenticator:
             self._prune()
 
     def _prune(self) -> None:
-        horizon = time.time() - self.idle_timeout
+        horizon = self.clock() - self.idle_timeout
         for table in (self._activity, self._written, self._checked):
             for digest in [d for d, t in table.items() if t < horizon]:
                 table.pop(digest, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,8 @@ class Portal:
     presence: Presence = field(default_factory=Presence)
     # Lifetime jobs and rules (orchestrator/lifetime.py); set by build_portal.
     lifetime: LifetimeService | None = None
+    # Scheduled job -> runs finished in this process (the scheduler's counter; /healthz).
+    job_runs: Mapping[str, int] = field(default_factory=dict)
     # Open connections per user and requests in flight per instance (web/limits.py).
     bounds: Bounds = field(init=False)
     # Changes that affect authorization, to every process (orchestrator/announce.py).

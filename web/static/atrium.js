@@ -1,6 +1,7 @@
 // Live status on the instance page and the dashboard: polls the REST API (cookie auth).
 (function () {
-  const SETTLED = new Set(["ACTIVE", "STOPPED", "ERROR", "DELETED", "PARTIALLY_ACTIVE"]);
+  const SETTLED = new Set(["ACTIVE", "STOPPED", "ERROR", "DELETED", "PARTIALLY_ACTIVE",
+                             "UNAVAILABLE"]);
   // When the observed status has reached what was asked for (as in the reconciler).
   const AT_REST = {
     RUNNING: new Set(["ACTIVE", "PARTIALLY_ACTIVE", "ERROR"]),
