@@ -16,6 +16,7 @@ from tornado.routing import Rule
 
 from orchestrator.db import Database
 from orchestrator.experiments_sync import periodic_sync
+from orchestrator.filemodes import secure_state_dir
 from orchestrator.lifetime import LifetimeService
 from orchestrator.lifetime_policy import LifetimePolicy
 from orchestrator.notify import Mailer
@@ -122,6 +123,7 @@ async def build_portal(settings: Settings, db: Database) -> Portal:
 async def serve(settings: Settings) -> None:
     """Run the portal until SIGINT/SIGTERM. Sessions keep running when it stops."""
     settings.check_for_serving()
+    secure_state_dir(settings.state_dir, settings.database_url)
     # The proxy streams bodies of any size (Tornado's client would refuse > 100 MiB).
     AsyncHTTPClient.configure(None, max_clients=1000, max_body_size=2**62)
     Resolver.configure(IPLiteralResolver)

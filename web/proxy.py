@@ -23,6 +23,7 @@ from tornado.httputil import HTTPHeaders, HTTPServerRequest
 from tornado.routing import Matcher, PathMatches
 
 from sharing.policy import Action, authorize
+from spawners.endpoints import http_base
 from web import activity
 from web.auth import SESSION_COOKIE
 from web.base import BaseHandler
@@ -201,7 +202,7 @@ class LabProxyHandler(ProxyAuth, BaseHandler):
 
     async def _forward(self, route: Route) -> None:
         request = self.request
-        url = route.endpoints["jupyter"].rstrip("/") + request.uri
+        url = http_base(route.endpoints["jupyter"]).rstrip("/") + request.uri
         headers = upstream_headers(request.headers, route.secrets.get("jupyter_token", ""),
                                    REQUEST_DROP)
         headers["X-Forwarded-For"] = request.remote_ip or ""
@@ -266,7 +267,8 @@ class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
         if isinstance(route, Refusal):
             route.answer(self)
             return
-        target = route.endpoints["jupyter"].replace("http", "ws", 1).rstrip("/") + self.request.uri
+        target = (http_base(route.endpoints["jupyter"]).replace("http", "ws", 1).rstrip("/")
+                  + self.request.uri)
         headers = upstream_headers(self.request.headers, route.secrets.get("jupyter_token", ""),
                                    WS_DROP)
         protocols = [p.strip() for p in self.request.headers.get(
