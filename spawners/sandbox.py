@@ -184,7 +184,8 @@ def unavailable_reason() -> str:
         if not shutil.which(tool):
             return f"{tool} is not installed (Debian packages bubblewrap, util-linux)"
     probe = subprocess.run(
-        ["bwrap", "--unshare-pid", "--unshare-net", "--ro-bind", "/", "/", "--",
+        ["bwrap", "--unshare-pid", "--unshare-net", "--ro-bind", "/", "/", "--proc", "/proc",
+         "--dev", "/dev", "--",
          "setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", *NO_USERNS,
          "true"], capture_output=True, text=True)
     if probe.returncode != 0:
