@@ -319,12 +319,16 @@ class Reconciler:
                 if instance.status is not S.ACTIVE:
                     await self._set(
                         instance, "active", f"ready after {elapsed:.1f} s", status=S.ACTIVE,
-                        progress="", status_reason="", endpoints=dict(obs.endpoints),
+                        progress="", status_reason=obs.reason, endpoints=dict(obs.endpoints),
                         ready_protocols=sorted(obs.ready),
                         activated_at=instance.activated_at or utcnow())
+                elif obs.reason != instance.status_reason:
+                    # e.g. a process killed at the flavour's memory limit: the session runs on
+                    await self._set(instance, status_reason=obs.reason)
                 return
             if obs.ready and (running or elapsed - (first_ready or 0) > self.protocol_grace):
-                missing = ", ".join(sorted(wanted - obs.ready))
+                missing = ", ".join(sorted(wanted - obs.ready)) + (
+                    f" ({obs.reason})" if obs.reason else "")
                 if instance.status is not S.PARTIALLY_ACTIVE or set(
                         instance.ready_protocols) != set(obs.ready):
                     await self._set(instance, "partially-active", f"not answering: {missing}",
