@@ -38,6 +38,7 @@ from spawners.sandbox import (
     SandboxPlan,
     Service,
     launcher,
+    publish_when_wm_runs,
     sandbox_command,
     session_script,
     write_args,
@@ -193,10 +194,13 @@ class Sandboxes:
             _own(password, identity, 0o600)
             # Inside, the display is :0 (private /tmp and network); outside, a link.
             info["display"] = reserve_display(run / "x11" / "X0")
+            starting = run / "vnc-starting.sock"
             services.append(Service("vnc", vnc_command(0, None, password,
-                                                       unix_path=str(run / "vnc.sock"))))
-            services.append(Service("session", desktop_session_command(spec.image_ref),
-                                    {"DISPLAY": ":0"}, wait_for="/tmp/.X11-unix/X0"))
+                                                       unix_path=str(starting))))
+            services.append(Service(
+                "session", desktop_session_command(spec.image_ref), {"DISPLAY": ":0"},
+                wait_for="/tmp/.X11-unix/X0",
+                then=publish_when_wm_runs(":0", starting, run / "vnc.sock")))
             info["endpoints"]["desktop"] = unix_endpoint(str(run / "vnc.sock"))
         if "jupyter" in spec.protocols:
             services.append(Service("jupyter", jupyter_command(

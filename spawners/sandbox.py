@@ -38,7 +38,7 @@ from pathlib import Path
 SCRIPT_INSIDE = "/run/atrium-session.sh"
 IMAGES_INSIDE = "/opt/atrium"  # images.jupyter_identity is imported from here
 SYSTEM_RO = ("/usr", "/etc")
-SYSTEM_TRY_RO = ("/opt/conda", "/var/lib/dbus", "/var/cache/fontconfig")
+SYSTEM_TRY_RO = ("/opt/conda", "/var/lib/dbus", "/var/lib/openbox", "/var/cache/fontconfig")
 ROOT_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 
 
@@ -150,6 +150,17 @@ class Service:
     command: list[str]
     env: dict[str, str] = field(default_factory=dict)
     wait_for: str = ""  # a path that must exist before the service starts (the X socket)
+    then: str = ""  # shell run in the background once the service started
+
+
+def publish_when_wm_runs(display: str, starting: Path, final: Path) -> str:
+    """Shell: once a window manager has started on ``display`` (it set EWMH's work area, the
+    last of its start-up; at most 60 s), rename the VNC socket from ``starting`` to
+    ``final``: the portal sees the desktop ready only when clicks reach a window manager."""
+    check = f"DISPLAY={display} xprop -root _NET_WORKAREA 2>/dev/null"
+    return (f"i=0; while command -v xprop >/dev/null && ! {check} | grep -q = && "
+            f'[ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; '
+            f"mv {shlex.quote(str(starting))} {shlex.quote(str(final))}")
 
 
 def session_script(services: list[Service], services_file: Path) -> str:
@@ -165,6 +176,8 @@ def session_script(services: list[Service], services_file: Path) -> str:
         command = " ".join(shlex.quote(a) for a in service.command)
         lines.append(f"{'env ' + env + ' ' if env else ''}{command} &")
         lines.append(f'echo "{service.name} $!" >> {tmp}')
+        if service.then:
+            lines.append(f"( {service.then} ) &")
     lines += [f"mv {tmp} {shlex.quote(str(services_file))}", "wait"]
     return "\n".join(lines) + "\n"
 
