@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from spawners.local_commands import desktop_session_command, jupyter_command, vn
 from spawners.localproc import start_ticks, tail
 from spawners.sandbox import (
     IMAGES_INSIDE,
+    JUPYTER_STATE_INSIDE,
     Identity,
     SandboxPlan,
     Service,
@@ -65,6 +67,12 @@ def identity_for(owner: Owner) -> Identity:
                            "not root and not the portal's own uid")
     return Identity(owner.uid, owner.gid,
                     tuple(g for g in owner.groups if g > 0 and g != os.getgid()))
+
+
+def inside_home(username: str) -> Path:
+    """``/home/<username>``: where the session sees its home (the host path stays hidden)."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", username).lstrip(".") or "user"
+    return Path("/home") / name
 
 
 def python_dirs(python: str) -> tuple[Path, ...]:
@@ -171,6 +179,7 @@ class Sandboxes:
         """Launch the instance's sandbox; returns ``process.json``'s content."""
         identity = identity_for(spec.owner)
         home, run = root / "home", self.run_dir(spec.uid)
+        inside = inside_home(spec.owner.username)
         self.prepare_home(home, spec)
         self.options.run_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
         if run.exists():
@@ -183,7 +192,11 @@ class Sandboxes:
             (state / sub).mkdir(parents=True, exist_ok=True)
         _own_tree(state, identity)
         state.chmod(0o700)
-        env = {**env, "XDG_RUNTIME_DIR": str(run), "PYTHONPATH": IMAGES_INSIDE}
+        env = {**env, "HOME": str(inside), "XDG_RUNTIME_DIR": str(run),
+               "PYTHONPATH": IMAGES_INSIDE,
+               **{var: f"{JUPYTER_STATE_INSIDE}/{sub}" for var, sub in (
+                   ("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "data"),
+                   ("JUPYTER_RUNTIME_DIR", "runtime"), ("IPYTHONDIR", "ipython"))}}
 
         info: dict[str, Any] = {"procs": {}, "endpoints": {}, "protocols": list(spec.protocols),
                                 "sandbox": True, "memory_mb": spec.resources.memory_mb}
@@ -204,15 +217,15 @@ class Sandboxes:
             info["endpoints"]["desktop"] = unix_endpoint(str(run / "vnc.sock"))
         if "jupyter" in spec.protocols:
             services.append(Service("jupyter", jupyter_command(
-                self.python, spec, None, home, sock=str(run / "jupyter.sock"))))
+                self.python, spec, None, inside, sock=str(run / "jupyter.sock"))))
             info["endpoints"]["jupyter"] = unix_endpoint(str(run / "jupyter.sock"))
         script = root / "session.sh"
         script.write_text(session_script(services, run / "services"))
         script.chmod(0o644)
         plan = SandboxPlan(
-            identity=identity, home=home, run_dir=run, x11_dir=run / "x11",
-            state_dirs=(state,),
-            data=tuple((Path(m.source), home / m.target) for m in spec.mounts),
+            identity=identity, home=(home, inside), run_dir=run, x11_dir=run / "x11",
+            state_dirs=((state, Path(JUPYTER_STATE_INSIDE)),),
+            data=tuple((Path(m.source), inside / m.target) for m in spec.mounts),
             python_dirs=python_dirs(self.python), images_dir=images_dir(), script=script)
         options, command = sandbox_command(plan)
         write_args(root / "sandbox.args", options)

@@ -8,9 +8,9 @@ launch chain, built here as pure data:
 2. ``bwrap`` (as root: it may bind anything) with new mount, PID, IPC, UTS, network and
    cgroup namespaces, ``--new-session``, a root filesystem of only: the system read-only
    (``/usr``, ``/etc``, the ``/bin``-style links), ``/proc``, a minimal ``/dev``, a private
-   ``/tmp``, the home read-write, the chosen experiments' data read-only at
-   ``home/data/<proposal>``, the instance's run directory (sockets) and the Python that runs
-   JupyterLab read-only; then
+   ``/tmp``, the home read-write at ``/home/<username>``, the chosen experiments' data
+   read-only at ``~/data/<proposal>``, the instance's run directory (sockets) and the
+   Python that runs JupyterLab read-only; then
 3. ``setpriv`` becomes the session's uid/gid/groups, clears every capability (effective,
    inheritable, ambient and the bounding set) and sets ``no_new_privs``; then
 4. an unprivileged ``bwrap --unshare-user --disable-userns`` puts the session in a user
@@ -37,6 +37,7 @@ from pathlib import Path
 
 SCRIPT_INSIDE = "/run/atrium-session.sh"
 IMAGES_INSIDE = "/opt/atrium"  # images.jupyter_identity is imported from here
+JUPYTER_STATE_INSIDE = "/opt/atrium/jupyter"  # JupyterLab's config, data, runtime dirs
 SYSTEM_RO = ("/usr", "/etc")
 SYSTEM_TRY_RO = ("/opt/conda", "/var/lib/dbus", "/var/lib/openbox", "/var/cache/fontconfig")
 ROOT_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -51,14 +52,15 @@ class Identity:
 
 @dataclass(frozen=True)
 class SandboxPlan:
-    """Everything one instance's sandbox binds; paths are the same inside and outside."""
+    """Everything one instance's sandbox binds: (source, path inside) pairs; the run
+    directory, Python and the script keep their paths."""
 
     identity: Identity
-    home: Path
+    home: tuple[Path, Path]  # e.g. <sessions>/<uid>/home at /home/<username>
     run_dir: Path  # sockets, VNC password, XDG_RUNTIME_DIR; owned by the uid, 0700
     x11_dir: Path  # becomes /tmp/.X11-unix inside
-    state_dirs: tuple[Path, ...]  # read-write, owned by the uid (JupyterLab's own files)
-    data: tuple[tuple[Path, Path], ...]  # (source, target under home), read-only
+    state_dirs: tuple[tuple[Path, Path], ...]  # read-write (JupyterLab's own files)
+    data: tuple[tuple[Path, Path], ...]  # (source, target under the inside home), read-only
     python_dirs: tuple[Path, ...]  # the interpreter / venv, read-only
     images_dir: Path | None  # the `images` package (read-only at IMAGES_INSIDE/images)
     script: Path  # the session script, bound read-only at SCRIPT_INSIDE
@@ -91,7 +93,7 @@ def bwrap_args(plan: SandboxPlan) -> list[str]:
     for path in SYSTEM_TRY_RO:
         args += ["--ro-bind-try", path, path]
     args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
-    targets = [plan.home, plan.run_dir, *plan.state_dirs, *plan.python_dirs,
+    targets = [plan.home[1], plan.run_dir, *(t for _, t in plan.state_dirs), *plan.python_dirs,
                *(t for _, t in plan.data), *plan.extra_ro, Path(SCRIPT_INSIDE),
                Path(IMAGES_INSIDE) / "images", *map(Path, SYSTEM_TRY_RO)]
     for parent in _ancestors(targets):
@@ -103,15 +105,15 @@ def bwrap_args(plan: SandboxPlan) -> list[str]:
         args += ["--ro-bind", str(ro), str(ro)]
     if plan.images_dir is not None:
         args += ["--ro-bind", str(plan.images_dir), f"{IMAGES_INSIDE}/images"]
-    args += ["--bind", str(plan.home), str(plan.home)]
+    args += ["--bind", str(plan.home[0]), str(plan.home[1])]
     for source, target in plan.data:
         args += ["--ro-bind", str(source), str(target)]
-    for rw in plan.state_dirs:
-        args += ["--bind", str(rw), str(rw)]
+    for source, inside in plan.state_dirs:
+        args += ["--bind", str(source), str(inside)]
     args += ["--bind", str(plan.run_dir), str(plan.run_dir),
              "--bind", str(plan.x11_dir), "/tmp/.X11-unix",
              "--ro-bind", str(plan.script), SCRIPT_INSIDE,
-             "--chdir", str(plan.home), "--"]
+             "--chdir", str(plan.home[1]), "--"]
     return args
 
 

@@ -8,7 +8,7 @@ line equals (or, for ``contains``, holds) ``expect``: the specific failure, not 
 
 Context keys: cookie, database, state_dir, sessions_dir, bob_home, bob_run, data_root,
 not_chosen (a proposal alice is a member of but did not choose), bobs_data (bob's proposal),
-chosen (the proposal alice chose), home (alice's home), alice_uid (her instance's uid),
+chosen (the proposal alice chose), home (alice's home as her session sees it),
 portal_pid, portal_port, uid, gid (the POSIX identity alice's session must have).
 """
 
@@ -46,9 +46,11 @@ ATTEMPTS: tuple[Attempt, ...] = (
     # --- other sessions ----------------------------------------------------------------
     Attempt("read another session's home",
             'print(outcome(lambda: os.listdir("{bob_home}")))', "FileNotFoundError"),
-    Attempt("list the other sessions",
-            'print(outcome(lambda: sorted(os.listdir("{sessions_dir}"))))',
-            "ok: ['{alice_uid}']"),
+    Attempt("list the sessions' folders",
+            'print(outcome(lambda: sorted(os.listdir("{sessions_dir}"))))', "FileNotFoundError"),
+    Attempt("the home is at /home/<user>, alone",
+            'print(outcome(lambda: (os.getcwd(), os.listdir("/home"))))',
+            "ok: ('{home}', ['alice'])"),
     Attempt("read another session's VNC password",
             'print(outcome(lambda: open("{bob_run}/vncpasswd", "rb").read()))',
             "FileNotFoundError"),

@@ -21,7 +21,7 @@ from tests.conftest import AtriumServer, Databases, cleanup_sessions, need
 from tests.escapes import ATTEMPTS, PRELUDE, Attempt
 from tests.sessions import launch, launch_plan, processes_of, run_code, wait_for
 
-PIDS_MAX = 200
+PIDS_MAX = 300
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -60,18 +60,20 @@ def sandboxed(databases: Databases, tmp_path_factory: pytest.TempPathFactory
         wait_for(bob, theirs, {"ACTIVE"})
         bob_lab = launch(bob, "bystander-lab", ["20261003"])
         wait_for(bob, bob_lab, {"ACTIVE"})
-        home = srv.state_dir / "sessions" / mine / "home"
+        home = srv.state_dir / "sessions" / mine / "home"  # on the host
         run_base = Path("/run/atrium")
         context = {
             "cookie": srv.state_dir / "cookie_secret",
-            "database": srv.state_dir / "atrium.db",
+            "database": (srv.env["ATRIUM_DATABASE_URL"].split("///", 1)[1]
+                         if srv.env["ATRIUM_DATABASE_URL"].startswith("sqlite")
+                         else srv.state_dir / "atrium.db"),
             "state_dir": srv.state_dir,
             "sessions_dir": srv.state_dir / "sessions",
             "bob_home": srv.state_dir / "sessions" / theirs / "home",
             "bob_run": run_base / f"{srv.deployment}.{theirs}",
             "data_root": srv.state_dir / "demo-data",
             "chosen": "20261001", "not_chosen": "20261002", "bobs_data": "20261003",
-            "home": home, "alice_uid": mine,
+            "home": "/home/alice",
             "portal_pid": srv.proc.pid if srv.proc else 0, "portal_port": srv.port,
             "uid": home.stat().st_uid, "gid": home.stat().st_gid,
             "mine": mine, "theirs": theirs, "bob_lab": bob_lab,
@@ -88,10 +90,20 @@ async def test_escape_attempt_fails(sandboxed: tuple[AtriumServer, dict[str, Any
     srv, ctx = sandboxed
     assert (srv.state_dir / "sessions" / ctx["theirs"]).is_dir()  # bob's session is there
     code = PRELUDE + attempt.code.format(**ctx)
-    result = await run_code(srv.url, ctx["mine"], srv.token("alice"), code)
+    try:
+        result = await run_code(srv.url, ctx["mine"], srv.token("alice"), code)
+    finally:
+        _shut_kernels(srv, ctx["mine"], "alice")
     expect = attempt.expect.format(**ctx)
     assert (expect in result) if attempt.contains else (result == expect), \
         f"{attempt.name}: got {result!r}, expected {expect!r}"
+
+
+def _shut_kernels(srv: AtriumServer, uid: str, who: str) -> None:
+    """Each run_code starts a kernel: end them, or they would fill the pids limit."""
+    client = srv.client(who)
+    for kernel in client.get(f"/instances/{uid}/lab/api/kernels").json():
+        client.delete(f"/instances/{uid}/lab/api/kernels/{kernel['id']}")
 
 
 def test_identity_is_the_owners_and_not_the_portals(
@@ -104,10 +116,12 @@ def test_identity_is_the_owners_and_not_the_portals(
 
 
 def test_portal_files_are_private(sandboxed: tuple[AtriumServer, dict[str, Any]]) -> None:
-    srv, _ = sandboxed
+    srv, ctx = sandboxed
     assert srv.state_dir.stat().st_mode & 0o777 == 0o700
-    for name in ("atrium.db", "cookie_secret"):
-        assert (srv.state_dir / name).stat().st_mode & 0o777 == 0o600, name
+    assert Path(ctx["cookie"]).stat().st_mode & 0o777 == 0o600
+    url = srv.env["ATRIUM_DATABASE_URL"]
+    if url.startswith("sqlite"):
+        assert Path(url.split("///", 1)[1]).stat().st_mode & 0o777 == 0o600
 
 
 def test_sessions_listen_on_no_tcp_port(sandboxed: tuple[AtriumServer, dict[str, Any]]) -> None:
@@ -203,6 +217,7 @@ async def test_memory_past_the_flavour_is_killed_inside(
     assert srv.proc.poll() is None
     assert _rss_kib(srv.proc.pid) < portal_rss + 200 * 1024
     assert await run_code(srv.url, ctx["bob_lab"], srv.token("bob"), "6*7") == "42"
+    _shut_kernels(srv, ctx["bob_lab"], "bob")
     assert bob.get(f"/api/v1/instances/{ctx['theirs']}").json()["status"] == "ACTIVE"
     assert await run_code(srv.url, tiny, srv.token("alice"), "1+1") == "2"
     alice.delete(f"/api/v1/instances/{tiny}")
@@ -241,6 +256,8 @@ print(len(pids) < PIDS_MAX, type(err).__name__)
     # Bob's session did not feel it; alice's kernel still runs code.
     assert await run_code(srv.url, ctx["bob_lab"], srv.token("bob"), "6*7") == "42"
     assert await run_code(srv.url, ctx["mine"], srv.token("alice"), "6*7") == "42"
+    _shut_kernels(srv, ctx["mine"], "alice")
+    _shut_kernels(srv, ctx["bob_lab"], "bob")
 
 
 def test_deleted_session_leaves_no_cgroup_or_socket_dir(
