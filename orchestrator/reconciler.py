@@ -144,16 +144,18 @@ class Reconciler:
         async with self.db.session() as s:
             rows = (await s.execute(
                 select(Instance.uid, Instance.backend, Instance.status, Instance.target,
-                       Instance.reboot_requested, Instance.ready_protocols, Instance.updated_at)
+                       Instance.reboot_requested, Instance.ready_protocols, Instance.updated_at,
+                       Instance.status_reason)
                 .where(Instance.status != S.DELETED)
             )).all()
         ready = {row[0]: row[5] for row in rows}
+        reasons = {row[0]: row[7] for row in rows}
         # An instance written to in the last moments is being driven (here or by another
         # replica, whose API call kicked it): the driver refreshes updated_at at least every
         # second while it waits, so leave it alone until it goes quiet.
         quiet_since = utcnow() - dt.timedelta(seconds=self.busy_window)
         live: dict[str, set[str]] = {name: set() for name in self.backends}
-        for uid, backend, status, target, reboot, _, updated_at in rows:
+        for uid, backend, status, target, reboot, _, updated_at, _ in rows:
             report.instances += 1
             live.setdefault(backend, set()).add(uid)
             if backend not in managed and status in AT_REST[target] and not reboot:
@@ -166,7 +168,10 @@ class Reconciler:
             degraded = status is S.PARTIALLY_ACTIVE or (
                 status is S.ACTIVE and seen is not None and seen.processes is not None
                 and not set(ready.get(uid, ())) <= seen.processes)
-            if reboot or status not in AT_REST[target] or vanished or degraded:
+            # The backend has news for a running instance (e.g. an OOM kill): show it.
+            news = status is S.ACTIVE and seen is not None and bool(seen.reason) and \
+                seen.reason != reasons.get(uid)
+            if reboot or status not in AT_REST[target] or vanished or degraded or news:
                 if uid not in self._tasks and (updated_at is None or updated_at < quiet_since):
                     report.kicked += 1
                     self.kick(uid)

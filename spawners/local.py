@@ -287,11 +287,7 @@ class LocalBackend(Backend):
             checks.append(("desktop", rfb_endpoint_ready(obs.endpoints["desktop"])))
         results = await asyncio.gather(*(c for _, c in checks))
         ready = {name for (name, _), ok in zip(checks, results, strict=True) if ok}
-        reason = ""
-        if self.sandboxes is not None:
-            info = self._read(self._dir(uid)) or {}
-            reason = self.sandboxes.oom_reason(uid, info.get("memory_mb"))
-        return Observation(obs.state, obs.endpoints, frozenset(ready), reason=reason,
+        return Observation(obs.state, obs.endpoints, frozenset(ready), reason=obs.reason,
                            backend_state=obs.backend_state)
 
     async def set_keyboard_layout(self, uid: str, state: BackendState, layout: str) -> None:
@@ -341,7 +337,10 @@ class LocalBackend(Backend):
             for p, port in info["ports"].items()})
         running = frozenset(p for p in info["protocols"]
                             if all(s in alive for s in SERVICES[p]))
-        return Observation(ResourceState.RUNNING, endpoints, running,
+        reason = ""
+        if self.sandboxes is not None:  # a process killed at the flavour's memory limit
+            reason = self.sandboxes.oom_reason(root.name, info.get("memory_mb"))
+        return Observation(ResourceState.RUNNING, endpoints, running, reason=reason,
                            backend_state={"dir": str(root), "ports": info.get("ports", {})},
                            processes=running)
 

@@ -170,7 +170,8 @@ def test_desktop_session_runs_sandboxed(sandboxed: tuple[AtriumServer, dict[str,
 
 
 async def _execute_without_reply(base: str, uid: str, token: str, code: str) -> None:
-    """Send ``code`` to a new kernel and return at once (the kernel is about to die)."""
+    """Send ``code`` to a new kernel; return once the kernel started running it (it is
+    about to die, so no reply is awaited)."""
     headers = {"Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as c:
         r = await c.post(f"/instances/{uid}/lab/api/kernels", json={"name": "python3"})
@@ -179,14 +180,23 @@ async def _execute_without_reply(base: str, uid: str, token: str, code: str) -> 
     conn = await websocket_connect(HTTPRequest(
         base.replace("http", "ws", 1) + f"/instances/{uid}/lab/api/kernels/{kernel}/channels",
         headers=headers))
+    msg_id = uuid.uuid4().hex
     conn.write_message(json.dumps({
-        "header": {"msg_id": uuid.uuid4().hex, "msg_type": "execute_request", "username": "t",
+        "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "t",
                    "session": uuid.uuid4().hex, "version": "5.3"},
         "parent_header": {}, "metadata": {}, "channel": "shell",
         "content": {"code": code, "silent": False, "store_history": False,
                     "user_expressions": {}, "allow_stdin": False}}))
-    await asyncio.sleep(1)
-    conn.close()
+    try:
+        while True:
+            raw = await asyncio.wait_for(conn.read_message(), 60)
+            assert raw is not None, "the kernel WebSocket closed before running the code"
+            msg = json.loads(raw)
+            if msg.get("parent_header", {}).get("msg_id") == msg_id and \
+                    msg["header"]["msg_type"] == "execute_input":
+                return
+    finally:
+        conn.close()
 
 
 def _rss_kib(pid: int) -> int:
