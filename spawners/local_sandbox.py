@@ -168,11 +168,21 @@ class Sandboxes:
                               f"{self.deployment_id}.{uid}")
 
     def prepare_home(self, home: Path, spec: InstanceSpec) -> None:
-        """Hand the home (and the data mount points in it) to the session's uid."""
+        """Hand the home to the session's uid, with a plain directory (not a link the
+        session made) as each experiment's mount point."""
         identity = identity_for(spec.owner)
         if home.stat().st_uid != identity.uid:
             _own_tree(home, identity)
         home.chmod(0o700)
+        for mount in spec.mounts:
+            point = home / mount.target
+            for path in (*reversed(point.relative_to(home).parents[:-1]), point.relative_to(home)):
+                here = home / path
+                if here.is_symlink() or (here.exists() and not here.is_dir()):
+                    here.unlink()
+                if not here.exists():
+                    here.mkdir()
+                    _own(here, identity, 0o755)
 
     async def start(self, spec: InstanceSpec, root: Path, env: dict[str, str]
                     ) -> dict[str, Any]:

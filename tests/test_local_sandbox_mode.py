@@ -79,3 +79,27 @@ def test_off_single_user_serves_one_user_and_says_so(
     finally:
         srv.stop()
         cleanup_sessions(srv)
+
+
+def test_mount_points_are_plain_directories_again(tmp_path: Path) -> None:
+    """A session that swapped its data mount point for a link gets a directory back (the
+    data is bound onto a directory of the home, nowhere else)."""
+    import os
+    import sys
+
+    from spawners.base import DataMount, InstanceSpec, Owner
+    from spawners.cgroups import Layout
+    from spawners.local_sandbox import LocalOptions, Sandboxes
+
+    if os.geteuid() != 0:
+        pytest.skip("handing the home to another uid needs root")
+    home = tmp_path / "home"
+    (home / "data").mkdir(parents=True)
+    (home / "data" / "p1").symlink_to("/etc")
+    spec = InstanceSpec(uid="u1", name="n", image_ref="jupyterlab", flavour_ref="",
+                        protocols=("jupyter",), owner=Owner("alice", uid=20999, gid=20999),
+                        mounts=(DataMount("p1", "/nonexistent", "data/p1"),))
+    Sandboxes("dep", LocalOptions(), sys.executable, Layout()).prepare_home(home, spec)
+    point = home / "data" / "p1"
+    assert point.is_dir() and not point.is_symlink() and point.stat().st_uid == 20999
+    assert home.stat().st_uid == 20999 and home.stat().st_mode & 0o777 == 0o700
