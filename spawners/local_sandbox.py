@@ -39,6 +39,7 @@ from spawners.sandbox import (
     Identity,
     SandboxPlan,
     Service,
+    account_files,
     launcher,
     publish_when_wm_runs,
     sandbox_command,
@@ -229,6 +230,12 @@ class Sandboxes:
             services.append(Service("jupyter", jupyter_command(
                 self.python, spec, None, inside, sock=str(run / "jupyter.sock"))))
             info["endpoints"]["jupyter"] = unix_endpoint(str(run / "jupyter.sock"))
+        passwd, group = account_files(identity, spec.owner.username, inside,
+                                      Path("/etc/passwd").read_text(),
+                                      Path("/etc/group").read_text())
+        for name, text in (("passwd", passwd), ("group", group)):
+            (root / name).write_text(text)
+            (root / name).chmod(0o644)
         script = root / "session.sh"
         script.write_text(session_script(services, run / "services"))
         script.chmod(0o644)
@@ -236,7 +243,8 @@ class Sandboxes:
             identity=identity, home=(home, inside), run_dir=run, x11_dir=run / "x11",
             state_dirs=((state, Path(JUPYTER_STATE_INSIDE)),),
             data=tuple((Path(m.source), inside / m.target) for m in spec.mounts),
-            python_dirs=python_dirs(self.python), images_dir=images_dir(), script=script)
+            python_dirs=python_dirs(self.python), images_dir=images_dir(), script=script,
+            files=((root / "passwd", "/etc/passwd"), (root / "group", "/etc/group")))
         options, command = sandbox_command(plan)
         write_args(root / "sandbox.args", options)
 

@@ -65,6 +65,7 @@ class SandboxPlan:
     images_dir: Path | None  # the `images` package (read-only at IMAGES_INSIDE/images)
     script: Path  # the session script, bound read-only at SCRIPT_INSIDE
     extra_ro: tuple[Path, ...] = field(default_factory=tuple)
+    files: tuple[tuple[Path, str], ...] = ()  # (source, path inside), read-only (/etc/passwd)
 
 
 def _ancestors(paths: Iterable[Path]) -> list[str]:
@@ -105,6 +106,8 @@ def bwrap_args(plan: SandboxPlan) -> list[str]:
         args += ["--ro-bind", str(ro), str(ro)]
     if plan.images_dir is not None:
         args += ["--ro-bind", str(plan.images_dir), f"{IMAGES_INSIDE}/images"]
+    for source, inside_path in plan.files:
+        args += ["--ro-bind", str(source), inside_path]
     args += ["--bind", str(plan.home[0]), str(plan.home[1])]
     for source, target in plan.data:
         args += ["--ro-bind", str(source), str(target)]
@@ -115,6 +118,21 @@ def bwrap_args(plan: SandboxPlan) -> list[str]:
              "--ro-bind", str(plan.script), SCRIPT_INSIDE,
              "--chdir", str(plan.home[1]), "--"]
     return args
+
+
+def account_files(identity: Identity, username: str, home: Path, passwd: str, group: str
+                  ) -> tuple[str, str]:
+    """/etc/passwd and /etc/group for inside: the host's plus the session's own entries
+    (dbus, ssh, `id` and others refuse a uid without a name)."""
+    name = username if username and ":" not in username and "\n" not in username else "user"
+    known = {line.split(":")[0] for line in passwd.splitlines()}
+    if name in known:
+        name = f"atrium-{identity.uid}"
+    passwd = passwd.rstrip("\n") + f"\n{name}:x:{identity.uid}:{identity.gid}::{home}:/bin/bash\n"
+    if str(identity.gid) not in {line.split(":")[2] for line in group.splitlines()
+                                 if line.count(":") >= 2}:
+        group = group.rstrip("\n") + f"\n{name}:x:{identity.gid}:\n"
+    return passwd, group
 
 
 def drop_privileges(identity: Identity) -> list[str]:
