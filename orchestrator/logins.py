@@ -175,6 +175,24 @@ async def consume_pending(session: AsyncSession, state: str) -> PendingLogin | N
 # --- users from the provider ----------------------------------------------------------
 
 
+async def set_managed_roles(session: AsyncSession, user_id: int, roles: set[Role],
+                            managed_roles: set[Role]) -> bool:
+    """Make the roles the provider manages follow ``roles`` (as at login, see
+    :func:`upsert_user`); the others stay as admins set them. True when something changed."""
+    user = await session.get(User, user_id)
+    if user is None:
+        return False
+    held = {r.role for r in user.roles}
+    wanted = (held - managed_roles) | (roles & managed_roles)
+    if wanted == held:
+        return False
+    for role in sorted(wanted - held):
+        user.roles.append(UserRole(role=role))
+    user.roles = [r for r in user.roles if r.role in wanted]
+    await session.flush()
+    return True
+
+
 class IdentityConflict(Exception):
     """The username is already linked to another identity of the provider."""
 

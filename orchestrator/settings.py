@@ -13,7 +13,8 @@ start-up and raises :class:`SettingsError` naming the variable and what was expe
 | ATRIUM_COOKIE_SECRET | generated in demo mode | signs session cookies; required otherwise |
 | ATRIUM_DEMO_MODE | false | enables the development login (demo users, no password) |
 | ATRIUM_DEPLOYMENT_ID | atrium | labels every backend resource; one per installation |
-| ATRIUM_BACKENDS | local | enabled backends, comma separated |
+| ATRIUM_BACKENDS | local | enabled backends, comma separated (`fake`: benchmarks/tests only) |
+| ATRIUM_CACHE_TTL | 10 | seconds caches keep facts (a safety net: changes are announced) |
 | ATRIUM_RECONCILE_INTERVAL | 10 | seconds between full reconcile passes |
 | ATRIUM_START_TIMEOUT | 180 | seconds a session may take to answer before ERROR |
 | ATRIUM_EXPERIMENTS_FILE | (none) | YAML/CSV experiment catalogue to sync from |
@@ -27,6 +28,7 @@ start-up and raises :class:`SettingsError` naming the variable and what was expe
 | ATRIUM_LOCAL_CGROUP_PARENT | atrium | control group holding the sessions' groups |
 | ATRIUM_LOCAL_PIDS_MAX | 1024 | processes and threads one local session may have |
 | ATRIUM_SDK_THREADS | 8 | threads for blocking SDK calls |
+| ATRIUM_FAKE_ENDPOINT | (nowhere) | fake backend only: the URL its "sessions" answer at |
 | ATRIUM_K8S_NAMESPACE | atrium | namespace of session pods (kubernetes backend) |
 | ATRIUM_K8S_KUBECONFIG | in-cluster/default | kubeconfig file of the cluster |
 | ATRIUM_K8S_CONTEXT | current | kubeconfig context |
@@ -35,6 +37,7 @@ start-up and raises :class:`SettingsError` naming the variable and what was expe
 | ATRIUM_OS_NETWORKS | (nova decides) | networks of session servers, comma separated |
 | ATRIUM_OS_SECURITY_GROUPS | default | security groups of session servers, comma separated |
 | ATRIUM_OS_FLOATING_NETWORK | (none) | give each server a floating IP from this network |
+| ATRIUM_OS_BOOT_CONFIG | (none: NFS 4) | YAML: VM data mount templates (openstack_boot_config.py) |
 | ATRIUM_K8S_POD_CONFIG | (none) | YAML shaping session pods (spawners/k8s_config.py) |
 | ATRIUM_SESSION_LIFETIME | 604800 | seconds a login lasts at most (then log in again) |
 | ATRIUM_SESSION_IDLE_TIMEOUT | 86400 | seconds without a request after which a login ends |
@@ -64,6 +67,7 @@ start-up and raises :class:`SettingsError` naming the variable and what was expe
 | ATRIUM_SMTP_FROM | atrium@localhost | the sender of notifications |
 | ATRIUM_SMTP_STARTTLS | false | upgrade the connection with STARTTLS |
 | ATRIUM_SMTP_USERNAME / _PASSWORD | (none) | mail server login (or SMTP_PASSWORD_FILE) |
+| ATRIUM_MAX_BODY, ... | see settings_limits.py | resource bounds: bodies, timeouts, connections |
 
 (1) https, or http on loopback only; discovery at ISSUER/.well-known/openid-configuration.
 Register ``PUBLIC_URL/login/oidc/callback`` as the client's redirect URI,
@@ -97,6 +101,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from orchestrator.settings_limits import Limits, load_limits
+
 # The default lifetime rules (4): staff roles get longer.
 _STAFF_ROLES = ("STAFF", "ADMIN", "SUPPORT", "INSTRUMENT_SCIENTIST")
 LIFETIME_DAYS: dict[str, float] = {"": 14.0, **{r: 60.0 for r in _STAFF_ROLES}}
@@ -119,6 +125,7 @@ class Settings:
     deployment_id: str = "atrium"
     backends: tuple[str, ...] = ("local",)
     reconcile_interval: float = 10.0
+    cache_ttl: float = 10.0
     start_timeout: float = 180.0
     experiments_file: Path | None = None
     experiments_sql_url: str = ""
@@ -131,6 +138,7 @@ class Settings:
     local_cgroup_parent: str = "atrium"
     local_pids_max: int = 1024
     sdk_threads: int = 8
+    fake_endpoint: str = ""
     k8s_namespace: str = "atrium"
     k8s_kubeconfig: str = ""
     k8s_context: str = ""
@@ -139,6 +147,7 @@ class Settings:
     os_networks: tuple[str, ...] = ()
     os_security_groups: tuple[str, ...] = ("default",)
     os_floating_network: str = ""
+    os_boot_config: Path | None = None
     k8s_pod_config: Path | None = None
     session_lifetime: float = 7 * 86400.0
     session_idle_timeout: float = 86400.0
@@ -171,6 +180,7 @@ class Settings:
     smtp_starttls: bool = False
     smtp_username: str = ""
     smtp_password: str = field(default="", repr=False)
+    limits: Limits = field(default_factory=Limits)  # settings_limits.py
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -282,7 +292,7 @@ def load_settings(env: dict[str, str] | None = None, **overrides: object) -> Set
     host = env.get("ATRIUM_HOST", "127.0.0.1")
     port = _port(env, "ATRIUM_PORT", 8000)
     backends = tuple(b.strip() for b in env.get("ATRIUM_BACKENDS", "local").split(",") if b.strip())
-    unknown = set(backends) - {"local", "kubernetes", "openstack"}
+    unknown = set(backends) - {"local", "kubernetes", "openstack", "fake"}
     if unknown or not backends:
         raise SettingsError(
             f"ATRIUM_BACKENDS={env.get('ATRIUM_BACKENDS')!r}: choose among local, kubernetes, "
@@ -316,6 +326,7 @@ def load_settings(env: dict[str, str] | None = None, **overrides: object) -> Set
         deployment_id=deployment_id,
         backends=backends,
         reconcile_interval=_number(env, "ATRIUM_RECONCILE_INTERVAL", 10.0, minimum=0.1),
+        cache_ttl=_number(env, "ATRIUM_CACHE_TTL", 10.0, minimum=0.0),
         start_timeout=_number(env, "ATRIUM_START_TIMEOUT", 180.0, minimum=1),
         experiments_file=Path(experiments_file) if experiments_file else None,
         experiments_sql_url=env.get("ATRIUM_EXPERIMENTS_SQL_URL", ""),
@@ -325,6 +336,7 @@ def load_settings(env: dict[str, str] | None = None, **overrides: object) -> Set
         local_python=env.get("ATRIUM_LOCAL_PYTHON") or sys.executable,
         **_local(env),
         sdk_threads=int(_number(env, "ATRIUM_SDK_THREADS", 8, minimum=1)),
+        fake_endpoint=env.get("ATRIUM_FAKE_ENDPOINT", ""),
         k8s_namespace=env.get("ATRIUM_K8S_NAMESPACE", "atrium"),
         k8s_kubeconfig=env.get("ATRIUM_K8S_KUBECONFIG", ""),
         k8s_context=env.get("ATRIUM_K8S_CONTEXT", ""),
@@ -333,11 +345,13 @@ def load_settings(env: dict[str, str] | None = None, **overrides: object) -> Set
         os_networks=_list(env, "ATRIUM_OS_NETWORKS", ()),
         os_security_groups=_list(env, "ATRIUM_OS_SECURITY_GROUPS", ("default",)),
         os_floating_network=env.get("ATRIUM_OS_FLOATING_NETWORK", ""),
+        os_boot_config=_file(env, "ATRIUM_OS_BOOT_CONFIG"),
         k8s_pod_config=_file(env, "ATRIUM_K8S_POD_CONFIG"),
         session_lifetime=_number(env, "ATRIUM_SESSION_LIFETIME", 7 * 86400.0, minimum=1),
         session_idle_timeout=_number(env, "ATRIUM_SESSION_IDLE_TIMEOUT", 86400.0, minimum=1),
         **_oidc(env),
         **_lifetime(env),
+        limits=load_limits(env),
     )
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -10,10 +10,10 @@ from pathlib import Path
 import jinja2
 import tornado.web
 from tornado.httpclient import AsyncHTTPClient
-from tornado.httpserver import HTTPServer
 from tornado.netutil import Resolver
 from tornado.routing import Rule
 
+from orchestrator.announce import Announcer
 from orchestrator.db import Database
 from orchestrator.experiments_sync import periodic_sync
 from orchestrator.filemodes import secure_state_dir
@@ -24,7 +24,7 @@ from orchestrator.reconciler import Reconciler
 from orchestrator.scheduler import JobScheduler, leader_name, portal_jobs
 from orchestrator.settings import Settings
 from spawners.registry import make_backends
-from web import oidc, pages
+from web import bodylimit, oidc, pages
 from web.admin_api import ADMIN_API_ROUTES
 from web.admin_pages import ADMIN_PAGE_ROUTES
 from web.api import API_ROUTES
@@ -37,6 +37,7 @@ from web.oidc_client import OidcClient
 from web.portal import Portal
 from web.proxy import IsWebSocket, LabProxyHandler, LabWebSocketProxy
 from web.resolver import IPLiteralResolver
+from web.revocation import connect_revocation
 from web.routes import PrincipalCache, RouteTable
 from web.sharing_api import SHARING_ROUTES
 from web.sharing_pages import SHARING_PAGES
@@ -86,7 +87,8 @@ def make_app(portal: Portal) -> tornado.web.Application:
         xsrf_cookie_kwargs={"samesite": "Lax", "secure": portal.settings.secure_cookies},
         login_url="/login",
         static_path=str(HERE / "static"),
-        websocket_max_message_size=256 * 1024 * 1024,
+        # The portal's own sockets (the desktop bridge); the lab relay sets its own.
+        websocket_max_message_size=portal.settings.limits.ws_max_message,
         websocket_ping_interval=30,
     )
 
@@ -97,16 +99,21 @@ def make_templates() -> jinja2.Environment:
 
 
 async def build_portal(settings: Settings, db: Database) -> Portal:
-    routes = RouteTable(db)
-    principals = PrincipalCache(db)
+    routes = RouteTable(db, ttl=settings.cache_ttl)
+    principals = PrincipalCache(db, ttl=settings.cache_ttl)
     backends = make_backends(settings)
     reconciler = Reconciler(db, backends, interval=settings.reconcile_interval,
-                            start_timeout=settings.start_timeout, on_change=routes.invalidate)
+                            start_timeout=settings.start_timeout,
+                            on_change=lambda uid: portal.changed(uid))
     portal = Portal(settings=settings, db=db, reconciler=reconciler, routes=routes,
                     principals=principals,
-                    auth=Authenticator(db, principals, settings=settings),
+                    auth=Authenticator(db, principals, token_ttl=settings.cache_ttl,
+                                       settings=settings, session_ttl=settings.cache_ttl),
                     templates=make_templates(),
-                    oidc=OidcClient(settings) if settings.oidc_enabled else None)
+                    oidc=OidcClient(settings) if settings.oidc_enabled else None,
+                    announcer=Announcer(db))
+    portal.auth.announcer = portal.announcer
+    connect_revocation(portal, replica=leader_name(settings.host, settings.port))
     if portal.oidc is not None:
         portal.auth.provider_check = oidc.provider_check(portal, portal.oidc)
 
@@ -124,14 +131,16 @@ async def serve(settings: Settings) -> None:
     """Run the portal until SIGINT/SIGTERM. Sessions keep running when it stops."""
     settings.check_for_serving()
     secure_state_dir(settings.state_dir, settings.database_url)
-    # The proxy streams bodies of any size (Tornado's client would refuse > 100 MiB).
-    AsyncHTTPClient.configure(None, max_clients=1000, max_body_size=2**62)
+    # The proxy streams bodies of any size (Tornado's client would refuse > 100 MiB); each
+    # instance gets a share of the clients (web/limits.py InstanceSlots).
+    AsyncHTTPClient.configure(None, max_clients=settings.limits.upstream_connections,
+                              max_body_size=2**62)
     Resolver.configure(IPLiteralResolver)
     db = Database(settings.database_url)
     await db.check_schema()
     portal = await build_portal(settings, db)
     app = make_app(portal)
-    server = HTTPServer(app, xheaders=False, max_body_size=10 * 1024**3)
+    server = bodylimit.make_server(app, settings.limits)
     server.listen(settings.port, settings.host)
     # The reconcile sweep, expiry and warnings run in the scheduler leader only (one process
     # per database); every process flushes the activity it saw.
@@ -140,14 +149,19 @@ async def serve(settings: Settings) -> None:
                              holder=leader_name(settings.host, settings.port),
                              lease=settings.leader_lease)
     scheduler.start()
-    # Revocation and the owner's absence reach open connections within seconds.
-    presence_task = asyncio.get_running_loop().create_task(
-        portal.presence.watch(portal.routes.get))
+    # Revocation reaches open connections at once (announcements) and, as a safety net and
+    # for the owner's absence, within seconds.
+    presence_task = asyncio.get_running_loop().create_task(portal.presence.watch())
+    assert portal.announcer is not None
+    listen_task = asyncio.get_running_loop().create_task(portal.announcer.listen())
     sync_task = None
     if settings.experiments_sync_interval > 0:
         sync_task = asyncio.get_running_loop().create_task(periodic_sync(settings, db))
     log.info("Atrium listening on %s (backends: %s)", settings.public_url,
              ", ".join(settings.backends))
+    if "fake" in settings.backends:
+        log.warning("the FAKE backend is on (ATRIUM_BACKENDS): its instances run nothing; "
+                    "it exists for benchmarks and tests only")
     if settings.demo_mode:
         log.warning("DEMO MODE is on (ATRIUM_DEMO_MODE): anyone who reaches %s can log in "
                     "as any user without a password. Never use it in production.",
@@ -162,6 +176,11 @@ async def serve(settings: Settings) -> None:
     log.info("stopping")
     server.stop()
     presence_task.cancel()
+    listen_task.cancel()
+    try:
+        await portal.presence.stop()
+    except Exception:
+        log.exception("removing this process's connection rows failed")
     if sync_task:
         sync_task.cancel()
     await scheduler.stop()

@@ -20,9 +20,11 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
 from tornado.web import RequestHandler
 
 from orchestrator import logins
+from orchestrator.announce import Announcer, Change
 from orchestrator.db import Database
 from orchestrator.logins import SessionSnapshot, hash_session_id
 from orchestrator.models import LoginSession
@@ -63,6 +65,8 @@ class Authenticator:
         # Activity is written at most this often per session (not once per request).
         self.touch_interval = min(60.0, self.idle_timeout / 10)
         self.provider_check: ProviderCheck | None = None
+        # Tells every process that a login ended (set by build_portal).
+        self.announcer: Announcer | None = None
         self._activity: dict[str, float] = {}  # digest -> last request seen here
         self._written: dict[str, float] = {}  # digest -> last activity written
         self._checked: dict[str, float] = {}  # digest -> last provider check from here
@@ -174,7 +178,7 @@ class Authenticator:
             session_id = await logins.create_session(
                 s, user_id, method, dt.timedelta(seconds=self.lifetime),
                 user_agent=handler.request.headers.get("User-Agent", ""), **provider)
-            await s.commit()
+            await self.commit(s, *([Change("session", previous)] if previous else []))
         if previous:
             self.forget(previous)
         handler.set_signed_cookie(
@@ -190,9 +194,16 @@ class Authenticator:
             return None
         async with self.db.session() as s:
             row = await logins.revoke(s, digest)
-            await s.commit()
+            await self.commit(s, Change("session", digest))
         self.forget(digest)
         return row
+
+    async def commit(self, session: AsyncSession, *changes: Change) -> None:
+        """Commit and announce (open connections of an ended login close everywhere)."""
+        if self.announcer is not None:
+            await self.announcer.commit(session, *changes)
+        else:
+            await session.commit()
 
     def revoke(self, token: str) -> None:
         self.tokens.invalidate(hash_token(token))

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from orchestrator.errors import RequestError
 from orchestrator.models import User
+from orchestrator.paging import Page
 from sharing.policy import Principal
 from web.auth import SESSION_COOKIE, bearer_token
 from web.portal import Portal
@@ -36,6 +37,16 @@ class BaseHandler(tornado.web.RequestHandler):
         if user is None:
             raise RequestError("your account no longer exists", 401)
         return user
+
+    def page_args(self) -> Page:
+        """The slice of a list a page shows; a bad ``limit``/``offset`` is a 400."""
+        return Page.of({k: self.get_argument(k) for k in ("limit", "offset")
+                        if k in self.request.arguments})
+
+    def pager(self, page: Page, total: int, shown: int) -> dict[str, Any]:
+        others = {k: self.get_argument(k) for k in self.request.arguments
+                  if k not in ("limit", "offset") and self.get_argument(k, "")}
+        return page.pager(self.request.path, others, total, shown)
 
     def render_page(self, template: str, **context: Any) -> None:
         page = self.portal.templates.get_template(template)
@@ -96,6 +107,26 @@ class ApiHandler(BaseHandler):
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish(json.dumps(data, default=str))
+
+    def page(self) -> Page:
+        """The slice of a list asked for (``limit``, ``offset``); a bad value is a 400."""
+        return self.page_args()
+
+    def send_page(self, items: list[Any], total: int, page: Page) -> None:
+        """One page of a list: the items as a JSON array, the rest in headers."""
+        self.set_header("X-Total-Count", str(total))
+        others = {k: self.get_argument(k) for k in self.request.arguments
+                  if k not in ("limit", "offset")}
+        link = page.links(self.request.path, others, total)
+        if link:
+            self.set_header("Link", link)
+        self.send(items)
+
+    def send_list(self, items: list[Any]) -> None:
+        """A list held in memory (short by nature: a user's plans, an instance's members),
+        paged like the others."""
+        page = self.page()
+        self.send_page(page.slice(items), len(items), page)
 
     def error_response(self, status: int, message: str) -> None:
         self.set_header("Content-Type", "application/json; charset=UTF-8")

@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from typing import Any
 
 from sqlalchemy import select
 
 from orchestrator import logins
+from orchestrator.announce import Change
 from orchestrator.logins import IdentityConflict
 from orchestrator.models import LoginSession, UserIdentity
 from web.auth import ProviderCheck
 from web.base import BaseHandler
 from web.oidc_client import OidcClient, ProviderUnreachable, SessionEnded
-from web.oidc_core import LoginRefused, authorization_url
+from web.oidc_core import LoginRefused, authorization_url, claim
 from web.pages import render_login, safe_next
 from web.portal import Portal
 
@@ -167,7 +169,7 @@ class BackchannelLogoutHandler(OidcHandler):
                 digests = await logins.revoke_by_provider_sid(s, str(claims["sid"]))
             else:
                 digests = await logins.revoke_by_subject(s, self.oidc.issuer, str(claims["sub"]))
-            await s.commit()
+            await self.portal.commit(s, *(Change("session", d) for d in digests))
         for digest in digests:
             self.portal.auth.forget(digest)
         log.info("back-channel logout: %d login(s) ended (sid=%s)", len(digests),
@@ -209,7 +211,7 @@ def provider_check(portal: Portal, client: OidcClient) -> ProviderCheck:
             log.info("provider session ended for user %s: %s", user_id, err)
             async with portal.db.session() as s:
                 await logins.revoke(s, digest)
-                await s.commit()
+                await portal.commit(s, Change("session", digest))
             return False
         except (ProviderUnreachable, LoginRefused) as err:
             log.warning("cannot check the provider session of user %s: %s", user_id,
@@ -221,9 +223,42 @@ def provider_check(portal: Portal, client: OidcClient) -> ProviderCheck:
                 row.refresh_token = str(tokens.get("refresh_token") or row.refresh_token)
                 row.id_token = str(tokens.get("id_token") or row.id_token)
                 await s.commit()
+        try:
+            await _follow_roles(portal, client, user_id, subject, tokens)
+        except LoginRefused as err:  # the provider's answer is unusable: keep the roles
+            log.warning("cannot read the roles of user %s at the provider check: %s",
+                        user_id, err.message)
         return True
 
     return check
+
+
+async def _follow_roles(portal: Portal, client: OidcClient, user_id: int, subject: str,
+                        tokens: dict[str, Any]) -> None:
+    """Roles the provider manages follow its current claims, as at login: an admin group
+    removed there ends the admin role here at this check (and the open connections it
+    allowed). Only when the provider states the groups; an answer without them changes
+    nothing."""
+    access_token = tokens.get("access_token") if isinstance(
+        tokens.get("access_token"), str) else None
+    claims: dict[str, Any] = {}
+    if isinstance(tokens.get("id_token"), str):
+        claims = await client.validate(tokens["id_token"], nonce=None,
+                                       access_token=access_token)
+    info = await client.userinfo(access_token or "", subject)
+    merged = {**info, **{k: v for k, v in claims.items() if k not in info or k == "sub"}}
+    if not merged or claim(merged, client.mapping.groups) is None:
+        return
+    roles = client.mapping.identity({"sub": subject, **merged}).roles
+    async with portal.db.session() as s:
+        changed = await logins.set_managed_roles(s, user_id, roles,
+                                                 client.mapping.managed_roles)
+        await s.commit()
+    if changed:
+        log.info("roles of user %s changed at the provider: %s", user_id,
+                 ",".join(sorted(r.value for r in roles)) or "-")
+        # Announced apart: this check may run inside a re-check of open connections.
+        portal.changed_user(user_id)
 
 
 async def _subject(portal: Portal, user_id: int, issuer: str) -> str:

@@ -9,6 +9,7 @@ import tornado.web
 from sqlalchemy import select
 
 from orchestrator import lifecycle
+from orchestrator.announce import Change
 from orchestrator.errors import RequestError
 from orchestrator.models import (
     Instance,
@@ -172,9 +173,7 @@ class InstancePage(BaseHandler):
         async with self.portal.db.session() as s:
             instance = await visible_instance(s, who, uid)
             await lifecycle.request_action(s, await self.load_user(s), instance, action)
-            await s.commit()
-        self.portal.changed(uid)
-        self.portal.reconciler.kick(uid)
+            await self.portal.commit(s, Change("instance", uid), kick=uid)
         self.redirect("/" if action == "delete" else f"/instances/{uid}")
 
 

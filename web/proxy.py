@@ -24,9 +24,11 @@ from tornado.routing import Matcher, PathMatches
 
 from sharing.policy import Action, authorize
 from spawners.endpoints import http_base
-from web import activity
+from web import activity, bodylimit
 from web.auth import SESSION_COOKIE
 from web.base import BaseHandler
+from web.credentials import credential_of
+from web.limits import INSTANCE_BUSY, TOO_MANY_USER_CONNECTIONS, Lease, Ticket
 from web.routes import Route
 
 log = logging.getLogger("atrium.proxy")
@@ -108,7 +110,7 @@ class ProxyAuth:
             return Refusal(404, "no such instance")
         presence = handler.portal.presence
         decision = authorize(handler.principal, route.access, self.action,
-                             presence.connected(uid, route.access.owner_id))
+                             await presence.present(uid, route.access.owner_id))
         if not decision:
             request = handler.request
             if decision.status == 401 and request.method == "GET" and not (
@@ -124,6 +126,20 @@ class ProxyAuth:
         presence.seen(uid, handler.principal.user_id)
         return route
 
+    _lease: Lease | None = None
+
+    def admit(self: Any) -> Refusal | None:
+        """Count this connection against its user's cap (until :meth:`release`)."""
+        users = self.portal.bounds.users
+        self._lease = users.acquire(self.principal.user_id)
+        if self._lease is None:
+            return Refusal(429, TOO_MANY_USER_CONNECTIONS.format(cap=users.cap))
+        return None
+
+    def release(self) -> None:
+        if self._lease is not None:
+            self._lease.release()
+
 
 @tornado.web.stream_request_body
 class LabProxyHandler(ProxyAuth, BaseHandler):
@@ -133,6 +149,7 @@ class LabProxyHandler(ProxyAuth, BaseHandler):
     _upstream: asyncio.Task[None] | None = None
     _headers_sent = False
     _refusal: Refusal | None = None
+    _ticket: Ticket | None = None
 
     def check_xsrf_cookie(self) -> None:
         # Cross-site requests cannot carry the session cookie (SameSite=Lax) and are
@@ -152,8 +169,19 @@ class LabProxyHandler(ProxyAuth, BaseHandler):
         if isinstance(route, Refusal):
             self._refusal = route
             return
+        self._refusal = self.admit()
+        if self._refusal is not None:
+            return
+        self._ticket = self.portal.bounds.instances.enter(self.path_args[0])
+        if self._ticket is None:
+            self._refusal = Refusal(503, INSTANCE_BUSY)
+            return
+        bodylimit.lift(self.request, self.portal.settings.limits)  # authorised: may stream
         if activity.is_use(self.request.method, self.request.headers):
             activity.note(self.portal.activity, self.path_args[0])
+        # An in-flight request is an open connection too: revocation aborts it.
+        self.portal.presence.opened(self.path_args[0], self, credential_of(
+            self.portal.auth, self, self.principal), "http")
         has_body = ("Content-Length" in self.request.headers and
                     self.request.headers["Content-Length"] != "0") or (
                     "Transfer-Encoding" in self.request.headers)
@@ -216,8 +244,10 @@ class LabProxyHandler(ProxyAuth, BaseHandler):
             follow_redirects=False, decompress_response=False, allow_nonstandard_methods=True,
             header_callback=self._on_header_line, streaming_callback=self._on_chunk,
             connect_timeout=10, request_timeout=3600)
+        assert self._ticket is not None
         try:
-            await AsyncHTTPClient().fetch(upstream, raise_error=False)
+            async with self._ticket:  # waits while the instance's slots are all taken
+                await AsyncHTTPClient().fetch(upstream, raise_error=False)
         except (TimeoutError, OSError, HTTPClientError) as err:
             if not self._headers_sent:
                 self.set_status(502)
@@ -245,6 +275,21 @@ class LabProxyHandler(ProxyAuth, BaseHandler):
     def on_connection_close(self) -> None:
         if self._upstream is not None and not self._upstream.done():
             self._upstream.cancel()
+        self.on_finish()
+
+    def on_finish(self) -> None:
+        self.release()
+        if self._ticket is not None:
+            self._ticket.close()
+        if self.path_args:
+            self.portal.presence.closed(self.path_args[0], self)
+
+    def revalidate(self, route: Route | None, owner_present: bool) -> None:
+        """Abort the request (both ways) when the policy no longer allows it."""
+        if route is None or not authorize(self.principal, route.access, Action.OPEN_LAB,
+                                          owner_present):
+            if self.request.connection is not None:
+                self.request.connection.close()  # type: ignore[attr-defined]
 
 
 class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
@@ -264,9 +309,11 @@ class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
             Refusal(403, f"cross-origin WebSocket refused: {error}").answer(self)
             return
         route = await self.authorise(uid)
-        if isinstance(route, Refusal):
-            route.answer(self)
+        refusal = route if isinstance(route, Refusal) else self.admit()
+        if refusal is not None:
+            refusal.answer(self)
             return
+        assert isinstance(route, Route)
         target = (http_base(route.endpoints["jupyter"]).replace("http", "ws", 1).rstrip("/")
                   + self.request.uri)
         headers = upstream_headers(self.request.headers, route.secrets.get("jupyter_token", ""),
@@ -276,7 +323,7 @@ class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
         try:
             self.upstream = await tornado.websocket.websocket_connect(
                 HTTPRequest(target, headers=headers, connect_timeout=10),
-                subprotocols=protocols or None, max_message_size=256 * 1024 * 1024)
+                subprotocols=protocols or None, max_message_size=self.max_message_size)
         except (OSError, HTTPClientError, tornado.websocket.WebSocketError) as err:
             code = err.code if isinstance(err, HTTPClientError) else 502
             self.set_status(code if 400 <= code < 600 else 502)
@@ -288,6 +335,15 @@ class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
     def get_current_user(self) -> Any:
         return getattr(self, "principal", None)
 
+    @property
+    def max_message_size(self) -> int:
+        """Lab messages may be larger than the portal's own (ATRIUM_LAB_WS_MAX_MESSAGE)."""
+        return int(self.portal.settings.limits.lab_ws_max_message)
+
+    def on_finish(self) -> None:
+        if self.get_status() != 101:  # refused; an accepted upgrade "finishes" too
+            self.release()
+
     def select_subprotocol(self, subprotocols: list[str]) -> str | None:
         return self.upstream.selected_subprotocol if self.upstream else None
 
@@ -297,7 +353,8 @@ class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
     def open(self, *args: str) -> None:
         self.uid = args[0]
         self.user_id = self.principal.user_id
-        self.portal.presence.opened(self.uid, self)
+        self.portal.presence.opened(self.uid, self, credential_of(
+            self.portal.auth, self, self.principal), "lab")
         # Kernels answer with bursts of frames: with Nagle on, the later ones wait for the
         # peer's delayed ACK (~40 ms).
         self.set_nodelay(True)
@@ -328,6 +385,7 @@ class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
             self.close()
 
     def on_close(self) -> None:
+        self.release()
         if self.upstream is not None:
             self.upstream.close()
         if hasattr(self, "user_id"):

@@ -2,6 +2,7 @@
 
 from alembic import context
 
+import orchestrator.connections  # noqa: F401 - registers the live connections table
 import sharing.models  # noqa: F401 - registers sharing's tables
 from orchestrator.models import Base
 

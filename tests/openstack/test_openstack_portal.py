@@ -3,8 +3,10 @@
 The portal gets ``ATRIUM_BACKENDS=local,openstack``, the harness' clouds.yaml entry
 (``OS_CLIENT_CONFIG_FILE`` + ``ATRIUM_OS_CLOUD``), its network and security groups, and the
 plans of ``tests/openstack/catalog.yaml``. The harness' compute driver runs each server's
-user-data as local processes bound to the server's fixed IP (127.42.0.x), so an ACTIVE
-instance is a JupyterLab reached through Atrium's proxy exactly as on a real cloud.
+user-data through the real boot path (cloud-init's schema check, then its modules in a
+sandbox standing in for the VM: the owner's account, the read-only data mount, the systemd
+unit), its services bound to the server's fixed IP (127.42.0.x), so an ACTIVE instance is
+the JupyterLab that boot started, reached through Atrium's proxy as on a real cloud.
 Everything goes through the REST API and the proxy; Nova is checked with openstacksdk as
 admin. One portal for the module (each start is seconds on a busy machine).
 """
@@ -21,7 +23,7 @@ import pytest
 
 from tests.conftest import AtriumServer, cleanup_sessions
 from tests.harness.openstack.bootstrap import CloudSettings
-from tests.openstack.helpers import tagged_servers
+from tests.openstack.helpers import BOOT_CONFIG, tagged_servers
 from tests.portal_setup import endpoints_of, start_with_catalog
 from tests.sessions import run_code, wait_for
 
@@ -37,12 +39,15 @@ def portal(openstack_cloud: CloudSettings, tmp_path_factory: pytest.TempPathFact
     """``atrium serve`` with the openstack backend on the harness cloud."""
     cloud = openstack_cloud
     state = tmp_path_factory.mktemp("os-portal")
+    boot_config = state / "boot.yaml"  # data mounts from the harness' file server
+    boot_config.write_text(BOOT_CONFIG)
     srv = AtriumServer(f"sqlite:///{state}/atrium.db", state,
                        ATRIUM_BACKENDS="local,openstack",
                        OS_CLIENT_CONFIG_FILE=cloud.clouds_yaml,
                        ATRIUM_OS_CLOUD=cloud.cloud_name,
                        ATRIUM_OS_NETWORKS=cloud.network_name,
-                       ATRIUM_OS_SECURITY_GROUPS=f"default,{cloud.security_group}")
+                       ATRIUM_OS_SECURITY_GROUPS=f"default,{cloud.security_group}",
+                       ATRIUM_OS_BOOT_CONFIG=str(boot_config))
     start_with_catalog(srv, CATALOG, ("alice", "bob"))
     try:
         yield srv
@@ -67,13 +72,14 @@ def launch_on_vm(client: httpx.Client, name: str, flavour: str) -> str:
 
 
 def server_processes(server_id: str) -> list[int]:
-    """Live local processes of a harness "VM" (the driver runs them in its home dir)."""
+    """Live processes of a harness "VM" (its guest's, tagged ATRIUM_LAB_INSTANCE=<id>)."""
+    tag = f"ATRIUM_LAB_INSTANCE={server_id}".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            if server_id in os.readlink(entry / "cwd"):
+            if tag in (entry / "environ").read_bytes().split(b"\0"):
                 found.append(int(entry.name))
         except OSError:
             continue

@@ -133,7 +133,10 @@ def test_server_deleted_behind_atriums_back_is_an_error(
     with openstack_cloud.connect(admin=True) as conn:
         conn.compute.delete_server(server, force=True)
     data = wait_for(bob, other, {"ERROR"}, timeout=60)
-    assert data["reason"] == "the session's resources vanished", data
+    # Nova kills the guest (driver.destroy) before it deallocates the ports and marks the
+    # server deleted, as on a real cloud: a reconcile pass in between finds it not answering
+    assert data["reason"] in ("the session's resources vanished",
+                              "none of the session's protocols answers"), data
     wait_until(lambda: tagged_servers(openstack_cloud, other) == [], 30,
                lambda: f"Nova still holds {tagged_servers(openstack_cloud, other)}")
     # the member can still delete the failed instance

@@ -28,10 +28,15 @@ What it does, per pod the real scheduler binds to its node:
 * on deletion (``deletionTimestamp``) SIGTERMs the process groups, SIGKILLs them after the
   grace period, then deletes the pod with ``grace_period_seconds=0``.
 
+Environment: like a container's, a pod's processes see only what their spec gives them
+(``env``/``envFrom``) on top of :data:`POD_BASE_ENV` (what an image's ``ENV`` and the
+runtime would add: ``PATH``, ``HOSTNAME``, ``HOME`` = the sandbox's ``home/``), never the
+test process' environment: a pod that works here does not lean on the tester's variables.
+
 Deliberate differences from a kubelet: the image is ignored (an empty ``command`` means
-``args`` is the whole argv), processes run as the double's own user with its environment
-as the base, volumes other than ``hostPath`` are plain sandbox directories (emptyDir) or
-ignored (nfs, PVCs), resources are not enforced.
+``args`` is the whole argv), processes run as the double's own user, volumes other than
+``hostPath`` are plain sandbox directories (emptyDir) or ignored (nfs, PVCs), resources are
+not enforced.
 """
 
 from __future__ import annotations
@@ -71,6 +76,11 @@ from tests.harness.kubernetes.podtools import (
 
 Json = dict[str, Any]
 
+# What every container starts with before its spec's env (an image's usual ENV PATH, as
+# Docker's default); HOSTNAME (the pod name) and HOME (the sandbox's home/) are added.
+POD_BASE_ENV: dict[str, str] = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+}
 
 class _ConfigError(Exception):
     """The container's config cannot be resolved yet (e.g. a missing secret)."""
@@ -259,7 +269,8 @@ class _PodRunner(threading.Thread):
         raise _ConfigError(f"unsupported fieldRef {path!r}")
 
     def _env(self, spec: Json) -> dict[str, str]:
-        env = dict(os.environ)
+        """The container's environment: POD_BASE_ENV, then envFrom, then env, then HOME."""
+        env = {**POD_BASE_ENV, "HOSTNAME": self.pod_name}
         for source in spec.get("envFrom") or []:
             prefix = source.get("prefix", "")
             if "secretRef" in source:
