@@ -175,11 +175,12 @@ class Service:
 
 def publish_when_wm_runs(display: str, starting: Path, final: Path) -> str:
     """Shell: once a window manager has started on ``display`` (it set EWMH's work area, the
-    last of its start-up; at most 60 s), rename the VNC socket from ``starting`` to
-    ``final``: the portal sees the desktop ready only when clicks reach a window manager."""
+    last of its start-up), rename the VNC socket from ``starting`` to ``final``: the portal
+    sees the desktop ready when clicks reach a window manager. At most 15 s: a slow desktop
+    (xfce on a loaded machine) is shown as it draws rather than not at all."""
     check = f"DISPLAY={display} xprop -root _NET_WORKAREA 2>/dev/null"
     return (f"i=0; while command -v xprop >/dev/null && ! {check} | grep -q = && "
-            f'[ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; '
+            f'[ $i -lt 150 ]; do sleep 0.1; i=$((i+1)); done; '
             f"mv {shlex.quote(str(starting))} {shlex.quote(str(final))}")
 
 
