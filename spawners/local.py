@@ -320,6 +320,10 @@ class LocalBackend(Backend):
         tokens = [secrets["jupyter_token"]]
         if keep and keep.get("jupyter_token"):
             tokens.append(keep["jupyter_token"])
+        if self.sandboxes is not None:  # the session's own files, in its run directory
+            self.sandboxes.rotate(uid, "".join(t + "\n" for t in tokens),
+                                  vnc_password_file(secrets["vnc_password"]))
+            return
         if (root / TOKEN_FILE).exists():
             _write_private(root / TOKEN_FILE, "".join(t + "\n" for t in tokens))
         if (root / "vncpasswd").exists():

@@ -107,6 +107,19 @@ def _own_tree(path: Path, identity: Identity) -> None:
     os.chown(path, identity.uid, identity.gid)
 
 
+TOKEN_FILE = "jupyter-token"
+
+
+def write_owned(path: Path, content: str | bytes, identity: Identity) -> None:
+    """Replace ``path`` atomically with a 0600 file of the session's uid (its own secret)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(content.encode() if isinstance(content, str) else content)
+    os.chown(tmp, identity.uid, identity.gid)
+    os.replace(tmp, path)
+
+
 def x_link(display: int) -> Path:
     return Path(f"/tmp/.X11-unix/X{display}")
 
@@ -203,7 +216,11 @@ class Sandboxes:
             (state / sub).mkdir(parents=True, exist_ok=True)
         _own_tree(state, identity)
         state.chmod(0o700)
+        token = run / TOKEN_FILE  # the session reads its own token (rotate_secrets rewrites it)
+        if "jupyter" in spec.protocols:
+            write_owned(token, spec.secrets.get("jupyter_token", "") + "\n", identity)
         env = {**env, "HOME": str(inside), "XDG_RUNTIME_DIR": str(run),
+               "ATRIUM_SESSION_TOKEN_FILE": str(token),
                "PYTHONPATH": IMAGES_INSIDE,
                **{var: f"{JUPYTER_STATE_INSIDE}/{sub}" for var, sub in (
                    ("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "data"),
@@ -214,8 +231,8 @@ class Sandboxes:
         services: list[Service] = []
         if "desktop" in spec.protocols:
             password = run / "vncpasswd"
-            password.write_bytes(vnc_password_file(spec.secrets.get("vnc_password", "")))
-            _own(password, identity, 0o600)
+            write_owned(password, vnc_password_file(spec.secrets.get("vnc_password", "")),
+                        identity)
             # Inside, the display is :0 (private /tmp and network); outside, a link.
             info["display"] = reserve_display(run / "x11" / "X0")
             starting = run / "vnc-starting.sock"
@@ -296,6 +313,18 @@ class Sandboxes:
             if host is not None:
                 procs[name] = {"pid": host, "ticks": start_ticks(host)}
         return procs
+
+    def rotate(self, uid: str, tokens: str, vnc_password: bytes) -> None:
+        """Rewrite the session's token and VNC password files (read at each use)."""
+        run = self.run_dir(uid)
+        if not run.is_dir():
+            return
+        st = run.stat()
+        owner = Identity(st.st_uid, st.st_gid)
+        if (run / TOKEN_FILE).exists():
+            write_owned(run / TOKEN_FILE, tokens, owner)
+        if (run / "vncpasswd").exists():
+            write_owned(run / "vncpasswd", vnc_password, owner)
 
     def oom_reason(self, uid: str, memory_mb: int | None) -> str:
         kills = self.cgroup(uid).oom_kills()
