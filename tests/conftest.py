@@ -187,7 +187,6 @@ def cleanup_sessions(srv: AtriumServer) -> None:
 
 def _remove_sandbox_leftovers(deployment: str) -> None:
     """Sandboxed local sessions also leave control groups and socket folders behind."""
-
     from spawners.cgroups import InstanceCgroup, detect, managed_names
 
     layout = detect()
