@@ -155,16 +155,18 @@ class Reconciler:
         async with self.db.session() as s:
             rows = (await s.execute(
                 select(Instance.uid, Instance.backend, Instance.status, Instance.target,
-                       Instance.reboot_requested, Instance.ready_protocols, Instance.updated_at)
+                       Instance.reboot_requested, Instance.ready_protocols, Instance.updated_at,
+                       Instance.status_reason)
                 .where(Instance.status != S.DELETED)
             )).all()
         ready = {row[0]: row[5] for row in rows}
+        reasons = {row[0]: row[7] for row in rows}
         # An instance written to in the last moments is being driven (here or by another
         # replica, whose API call kicked it): the driver refreshes updated_at at least every
         # second while it waits, so leave it alone until it goes quiet.
         quiet_since = utcnow() - dt.timedelta(seconds=self.busy_window)
         live: dict[str, set[str]] = {name: set() for name in self.backends}
-        for uid, backend, status, target, reboot, _, updated_at in rows:
+        for uid, backend, status, target, reboot, _, updated_at, _ in rows:
             report.instances += 1
             live.setdefault(backend, set()).add(uid)
             if backend not in managed and status in AT_REST[target] and not reboot:
@@ -183,7 +185,10 @@ class Reconciler:
             degraded = status is S.PARTIALLY_ACTIVE or (
                 status is S.ACTIVE and seen is not None and seen.processes is not None
                 and not set(ready.get(uid, ())) <= seen.processes)
-            if reboot or status not in AT_REST[target] or vanished or degraded:
+            # The backend has news for a running instance (e.g. an OOM kill): show it.
+            news = status is S.ACTIVE and seen is not None and bool(seen.reason) and \
+                seen.reason != reasons.get(uid)
+            if reboot or status not in AT_REST[target] or vanished or degraded or news:
                 if quiet:
                     report.kicked += 1
                     self.kick(uid)
@@ -350,12 +355,16 @@ class Reconciler:
                 if instance.status is not S.ACTIVE:
                     await self._set(
                         instance, "active", f"ready after {elapsed:.1f} s", status=S.ACTIVE,
-                        progress="", status_reason="", endpoints=dict(obs.endpoints),
+                        progress="", status_reason=obs.reason, endpoints=dict(obs.endpoints),
                         ready_protocols=sorted(obs.ready),
                         activated_at=instance.activated_at or utcnow())
+                elif obs.reason != instance.status_reason:
+                    # e.g. a process killed at the flavour's memory limit: the session runs on
+                    await self._set(instance, status_reason=obs.reason)
                 return
             if obs.ready and (running or elapsed - (first_ready or 0) > self.protocol_grace):
-                missing = ", ".join(sorted(wanted - obs.ready))
+                missing = ", ".join(sorted(wanted - obs.ready)) + (
+                    f" ({obs.reason})" if obs.reason else "")
                 if instance.status is not S.PARTIALLY_ACTIVE or set(
                         instance.ready_protocols) != set(obs.ready):
                     await self._set(instance, "partially-active", f"not answering: {missing}",

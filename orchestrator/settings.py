@@ -26,6 +26,10 @@ start-up and raises :class:`SettingsError` naming the variable and what was expe
 | ATRIUM_EXPERIMENTS_SYNC_INTERVAL | 0 | seconds between periodic syncs (0: never) |
 | ATRIUM_DEFAULT_QUOTA | 2 | instances a user may own at once when no quota policy sets it |
 | ATRIUM_LOCAL_PYTHON | this interpreter | the Python that runs local JupyterLab sessions |
+| ATRIUM_LOCAL_SANDBOX | required | sandboxed local sessions, or no start (10) |
+| ATRIUM_LOCAL_RUN_DIR | /run/atrium | where local sessions' Unix sockets live (a short path) |
+| ATRIUM_LOCAL_CGROUP_PARENT | atrium | control group holding the sessions' groups |
+| ATRIUM_LOCAL_PIDS_MAX | 1024 | processes and threads one local session may have |
 | ATRIUM_SDK_THREADS | 8 | threads for blocking SDK calls |
 | ATRIUM_FAKE_ENDPOINT | (nowhere) | fake backend only: the URL its "sessions" answer at |
 | ATRIUM_K8S_NAMESPACE | atrium | namespace of session pods (kubernetes backend) |
@@ -108,6 +112,8 @@ cookie valid there alone. Point a wildcard DNS name (and certificate) at the por
 under another registrable domain than PUBLIC_URL's (`*.sessions.localhost` needs no DNS:
 browsers resolve it to loopback). `path` keeps every session on the portal's origin: only
 for set-ups where one person uses Atrium.
+(10) `required`: local sessions run sandboxed (root + bubblewrap + cgroups, see README) or
+the portal refuses to start; `off-single-user`: unsandboxed, one user only (development).
 """
 
 from __future__ import annotations
@@ -151,6 +157,10 @@ class Settings:
     experiments_sync_interval: float = 0.0
     default_quota: int = 2
     local_python: str = sys.executable
+    local_sandbox: str = "required"
+    local_run_dir: Path = Path("/run/atrium")
+    local_cgroup_parent: str = "atrium"
+    local_pids_max: int = 1024
     sdk_threads: int = 8
     fake_endpoint: str = ""
     k8s_namespace: str = "atrium"
@@ -356,6 +366,7 @@ def load_settings(env: dict[str, str] | None = None, **overrides: object) -> Set
         experiments_sync_interval=_number(env, "ATRIUM_EXPERIMENTS_SYNC_INTERVAL", 0.0),
         default_quota=int(_number(env, "ATRIUM_DEFAULT_QUOTA", 2)),
         local_python=env.get("ATRIUM_LOCAL_PYTHON") or sys.executable,
+        **_local(env),
         sdk_threads=int(_number(env, "ATRIUM_SDK_THREADS", 8, minimum=1)),
         fake_endpoint=env.get("ATRIUM_FAKE_ENDPOINT", ""),
         k8s_namespace=env.get("ATRIUM_K8S_NAMESPACE", "atrium"),
@@ -543,6 +554,24 @@ def parse_role_groups(raw: str) -> dict[str, tuple[str, ...]]:
                 f"one of {', '.join(Role.__members__)}")
         result[role] = result.get(role, ()) + names
     return result
+
+
+def _local(env: dict[str, str]) -> dict[str, object]:
+    sandbox = env.get("ATRIUM_LOCAL_SANDBOX") or "required"
+    if sandbox not in ("required", "off-single-user"):
+        raise SettingsError(f"ATRIUM_LOCAL_SANDBOX={sandbox!r}: expected required or "
+                            "off-single-user")
+    run_dir = env.get("ATRIUM_LOCAL_RUN_DIR") or "/run/atrium"
+    if not run_dir.startswith("/") or len(run_dir) > 60:
+        raise SettingsError(f"ATRIUM_LOCAL_RUN_DIR={run_dir!r}: an absolute path of at most "
+                            "60 characters (Unix socket paths are short)")
+    parent = env.get("ATRIUM_LOCAL_CGROUP_PARENT") or "atrium"
+    if not all(part.replace("-", "").replace("_", "").isalnum() for part in parent.split("/")):
+        raise SettingsError(f"ATRIUM_LOCAL_CGROUP_PARENT={parent!r}: names of letters, digits, "
+                            "'-', '_', separated by '/'")
+    return {"local_sandbox": sandbox, "local_run_dir": Path(run_dir),
+            "local_cgroup_parent": parent,
+            "local_pids_max": int(_number(env, "ATRIUM_LOCAL_PIDS_MAX", 1024, minimum=16))}
 
 
 def _demo_cookie_secret(state_dir: Path) -> str:

@@ -83,6 +83,7 @@ class Owner:
     uid: int = 1000
     gid: int = 1000
     email: str = ""
+    groups: tuple[int, ...] = ()  # supplementary POSIX groups, when known
 
 
 @dataclass(frozen=True)

@@ -15,16 +15,20 @@ Processes run in sessions of their own (they survive an Atrium restart) and carr
 instance's labels in their environment (see :mod:`spawners.localproc`), so everything a
 session started - kernels, agents - is found and ended by label.
 
-Read-only data: as root, JupyterLab and the desktop session run in a private mount namespace
-(``unshare``) where each experiment's folder is bind-mounted read-only: even root inside gets
-EROFS, as on a pod's ``readOnly`` volume. Without root, the folders are symlinked and the
-data's own file permissions apply.
+Sandbox: by default (ATRIUM_LOCAL_SANDBOX=required) each instance runs in a bubblewrap
+sandbox of its own, as the owner's POSIX uid, limited by its flavour through control groups
+and reachable only through Unix sockets (:mod:`spawners.local_sandbox`,
+:mod:`spawners.sandbox`, :mod:`spawners.cgroups`). ``off-single-user`` runs sessions
+unsandboxed as the portal's user, for one user only (development): as root, JupyterLab and
+the desktop session then run in a private mount namespace (``unshare``) where each
+experiment's folder is bind-mounted read-only; without root, the folders are symlinked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -43,6 +47,7 @@ from spawners.base import (
     Observation,
     ResourceState,
 )
+from spawners.cgroups import detect
 from spawners.local_commands import (
     PROFILES,
     desktop_session_command,
@@ -50,6 +55,7 @@ from spawners.local_commands import (
     jupyter_command,
     vnc_command,
 )
+from spawners.local_sandbox import LocalOptions, Sandboxes
 from spawners.localproc import (
     ENV_DEPLOYMENT,
     ENV_INSTANCE,
@@ -61,8 +67,10 @@ from spawners.localproc import (
     tail,
     terminate,
 )
-from spawners.probe import jupyter_ready, rfb_ready
+from spawners.probe import jupyter_ready, rfb_endpoint_ready
 from spawners.vncauth import vnc_password_file
+
+log = logging.getLogger("atrium.local")
 
 
 def _can_bind_mount() -> bool:
@@ -86,18 +94,28 @@ def _write_private(path: Path, content: str | bytes) -> None:
 
 # Which recorded process serves which protocol.
 SERVICES = {"jupyter": ("jupyter",), "desktop": ("vnc", "session")}
+OWNER_LABEL = "atrium/owner"
 
 
 class LocalBackend(Backend):
     name = "local"
 
-    def __init__(self, deployment_id: str, sessions_dir: Path, python: str) -> None:
+    def __init__(self, deployment_id: str, sessions_dir: Path, python: str,
+                 options: LocalOptions | None = None) -> None:
         super().__init__(deployment_id)
         self.sessions_dir = sessions_dir
         self.python = python
-        self.bind_mounts = _can_bind_mount()
+        self.options = options or LocalOptions()
+        self.sandboxes: Sandboxes | None = None
+        if self.options.sandbox == "required":
+            self.sandboxes = Sandboxes(deployment_id, self.options, python, detect())
+        else:
+            log.warning("ATRIUM_LOCAL_SANDBOX=%s: local sessions run UNSANDBOXED as the "
+                        "portal's user; only one user may use the local backend",
+                        self.options.sandbox)
+        self.bind_mounts = self.sandboxes is None and _can_bind_mount()
         self._displays: set[int] = set()
-        sessions_dir.mkdir(parents=True, exist_ok=True)
+        sessions_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def _dir(self, uid: str) -> Path:
         if not uid.isalnum():
@@ -110,8 +128,11 @@ class LocalBackend(Backend):
         if spec.image_ref not in PROFILES:
             raise BackendError(f"unknown local profile {spec.image_ref!r}; one of "
                                + ", ".join(PROFILES))
+        if self.sandboxes is None:
+            self._check_single_user(spec)
         root = self._dir(spec.uid)
         home = root / "home"
+        root.mkdir(mode=0o700, exist_ok=True)
         (home / "data").mkdir(parents=True, exist_ok=True)
         labels = {**spec.labels, **self.labels_for(spec.uid)}
         (root / "labels.json").write_text(json.dumps(labels))
@@ -123,23 +144,48 @@ class LocalBackend(Backend):
                 raise BackendError(f"data of experiment {mount.name} not found at {source}")
             target = home / mount.target
             target.parent.mkdir(parents=True, exist_ok=True)
-            if self.bind_mounts:
+            if self.bind_mounts or self.sandboxes is not None:
                 target.mkdir(exist_ok=True)
             elif not target.is_symlink():
                 target.symlink_to(source, target_is_directory=True)
+        if self.sandboxes is not None:
+            self.sandboxes.prepare_home(home, spec)
         return await self.start(spec, state, checkpoint)
+
+    def _check_single_user(self, spec: InstanceSpec) -> None:
+        """Unsandboxed, sessions of two users could read each other: refuse a second user."""
+        owner = spec.labels.get(OWNER_LABEL, spec.owner.username)
+        for labels_file in self.sessions_dir.glob("*/labels.json"):
+            try:
+                other = json.loads(labels_file.read_text()).get(OWNER_LABEL)
+            except (OSError, ValueError):
+                continue
+            if other and other != owner:
+                raise BackendError(
+                    "the local backend runs unsandboxed (ATRIUM_LOCAL_SANDBOX="
+                    f"{self.options.sandbox}): it serves one user only, and {other} has "
+                    "sessions here; ask an administrator to enable the sandbox")
 
     async def start(self, spec: InstanceSpec, state: BackendState,
                     checkpoint: Checkpoint) -> BackendState:
         root = self._dir(spec.uid)
         running = self._read(root)
         if running is not None and self._alive(running):
-            return {**state, "ports": running["ports"]}  # already started (e.g. before a crash)
+            return {**state, "ports": running.get("ports", {})}  # already started (a crash)
         home = root / "home"
         if not home.is_dir():
             raise BackendError("the instance's files are gone; it cannot be started again")
         # Processes of a start interrupted by a crash are not recorded: end them first.
-        await terminate(self.deployment_id, spec.uid)
+        await self._end(spec.uid, running, remove_run=False)
+        if self.sandboxes is not None:
+            try:
+                started = await self.sandboxes.start(spec, root, self._env(spec, root))
+            except (OSError, BackendError) as err:
+                await self._end(spec.uid, None, remove_run=False)
+                raise BackendError(f"could not start the session: {err}") from err
+            (root / "process.json").write_text(json.dumps(started))
+            await checkpoint(state)
+            return state
         mounts = [(Path(m.source), home / m.target) for m in spec.mounts] \
             if self.bind_mounts else []
         env = self._env(spec, root)
@@ -216,10 +262,18 @@ class LocalBackend(Backend):
         asyncio.get_running_loop().create_task(proc.wait())
         return {"pid": proc.pid, "ticks": start_ticks(proc.pid)}
 
+    async def _end(self, uid: str, info: dict[str, Any] | None, remove_run: bool) -> None:
+        """End every process of ``uid``: by label, then (sandboxed) by control group."""
+        await terminate(self.deployment_id, uid)
+        if self.sandboxes is not None:
+            display = info.get("display") if info else None
+            await self.sandboxes.cleanup(uid, display, remove_run)
+
     async def stop(self, uid: str, state: BackendState) -> BackendState:
         root = self._dir(uid)
+        info = self._read(root)
         (root / "process.json").unlink(missing_ok=True)  # a stop, not a crash
-        await terminate(self.deployment_id, uid)
+        await self._end(uid, info, remove_run=True)
         return {k: v for k, v in state.items() if k != "ports"}
 
     async def reboot(self, spec: InstanceSpec, state: BackendState,
@@ -229,8 +283,9 @@ class LocalBackend(Backend):
 
     async def delete(self, uid: str, state: BackendState) -> None:
         root = self._dir(uid)
+        info = self._read(root)
         (root / "process.json").unlink(missing_ok=True)
-        await terminate(self.deployment_id, uid)
+        await self._end(uid, info, remove_run=True)
         if root.exists():
             await asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, root)
 
@@ -246,11 +301,10 @@ class LocalBackend(Backend):
                                                     f"/instances/{uid}/lab/",
                                                     secrets.get("jupyter_token", ""))))
         if "desktop" in obs.ready:
-            port = int(obs.endpoints["desktop"].rsplit(":", 1)[1])
-            checks.append(("desktop", rfb_ready("127.0.0.1", port)))
+            checks.append(("desktop", rfb_endpoint_ready(obs.endpoints["desktop"])))
         results = await asyncio.gather(*(c for _, c in checks))
         ready = {name for (name, _), ok in zip(checks, results, strict=True) if ok}
-        return Observation(obs.state, obs.endpoints, frozenset(ready),
+        return Observation(obs.state, obs.endpoints, frozenset(ready), reason=obs.reason,
                            backend_state=obs.backend_state)
 
     rotates_secrets = True
@@ -266,6 +320,10 @@ class LocalBackend(Backend):
         tokens = [secrets["jupyter_token"]]
         if keep and keep.get("jupyter_token"):
             tokens.append(keep["jupyter_token"])
+        if self.sandboxes is not None:  # the session's own files, in its run directory
+            self.sandboxes.rotate(uid, "".join(t + "\n" for t in tokens),
+                                  vnc_password_file(secrets["vnc_password"]))
+            return
         if (root / TOKEN_FILE).exists():
             _write_private(root / TOKEN_FILE, "".join(t + "\n" for t in tokens))
         if (root / "vncpasswd").exists():
@@ -313,12 +371,16 @@ class LocalBackend(Backend):
             reason = tail(root / "session.log", 3) or "the session's processes exited"
             return Observation(ResourceState.FAILED, reason=f"the session exited: {reason}",
                                backend_state={"dir": str(root)})
-        endpoints = {p: (f"http://127.0.0.1:{port}" if p == "jupyter"
-                         else f"vnc://127.0.0.1:{port}") for p, port in info["ports"].items()}
+        endpoints = dict(info.get("endpoints") or {
+            p: (f"http://127.0.0.1:{port}" if p == "jupyter" else f"vnc://127.0.0.1:{port}")
+            for p, port in info["ports"].items()})
         running = frozenset(p for p in info["protocols"]
                             if all(s in alive for s in SERVICES[p]))
-        return Observation(ResourceState.RUNNING, endpoints, running,
-                           backend_state={"dir": str(root), "ports": info["ports"]},
+        reason = ""
+        if self.sandboxes is not None:  # a process killed at the flavour's memory limit
+            reason = self.sandboxes.oom_reason(root.name, info.get("memory_mb"))
+        return Observation(ResourceState.RUNNING, endpoints, running, reason=reason,
+                           backend_state={"dir": str(root), "ports": info.get("ports", {})},
                            processes=running)
 
     def _list_managed(self) -> dict[str, Observation]:
@@ -333,4 +395,7 @@ class LocalBackend(Backend):
         # Processes whose folder is gone (removed by hand, half-deleted) are managed too.
         for uid in labelled_processes(self.deployment_id):
             found.setdefault(uid, Observation(ResourceState.RUNNING))
+        if self.sandboxes is not None:  # a run directory or control group left behind
+            for uid in self.sandboxes.managed():
+                found.setdefault(uid, Observation(ResourceState.STOPPED))
         return found

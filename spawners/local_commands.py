@@ -21,10 +21,15 @@ IDENTITY_PROVIDER = "images.jupyter_identity.AtriumIdentityProvider"
 PROFILES = ("jupyterlab", "desktop-xfce", "desktop-openbox")
 
 
-def jupyter_command(python: str, spec: InstanceSpec, port: int, home: Path) -> list[str]:
+def jupyter_command(python: str, spec: InstanceSpec, port: int | None, home: Path,
+                    sock: str = "") -> list[str]:
+    """JupyterLab on loopback ``port``, or (sandboxed) on the Unix socket ``sock``, which only
+    the portal reaches: the Host check is then moot (the portal sends its own host names)."""
+    listen = ([f"--ServerApp.sock={sock}", "--ServerApp.sock_mode=0600",
+               "--ServerApp.allow_remote_access=True"] if sock
+              else ["--allow-root", "--ip=127.0.0.1", f"--port={port}", "--port-retries=0"])
     return [
-        python, "-m", "jupyterlab", "--no-browser", "--allow-root",
-        "--ip=127.0.0.1", f"--port={port}", "--port-retries=0",
+        python, "-m", "jupyterlab", "--no-browser", *listen,
         f"--ServerApp.base_url={spec.base_url}",
         f"--ServerApp.root_dir={home}",
         f"--ServerApp.identity_provider_class={IDENTITY_PROVIDER}",
@@ -33,10 +38,13 @@ def jupyter_command(python: str, spec: InstanceSpec, port: int, home: Path) -> l
     ]
 
 
-def vnc_command(display: int, port: int, password_file: Path,
-                geometry: str = "1280x800") -> list[str]:
-    """TigerVNC's X server, on loopback only, asking for the instance's VNC password."""
-    return ["Xvnc", f":{display}", "-rfbport", str(port), "-localhost", "-nolisten", "tcp",
+def vnc_command(display: int, port: int | None, password_file: Path,
+                geometry: str = "1280x800", unix_path: str = "") -> list[str]:
+    """TigerVNC's X server, on loopback ``port`` or (sandboxed) only on the Unix socket
+    ``unix_path``, asking for the instance's VNC password."""
+    listen = (["-rfbunixpath", unix_path, "-rfbunixmode", "0600", "-rfbport", "-1"]
+              if unix_path else ["-rfbport", str(port), "-localhost"])
+    return ["Xvnc", f":{display}", *listen, "-nolisten", "tcp",
             "-SecurityTypes", "VncAuth", "-PasswordFile", str(password_file),
             "-geometry", geometry, "-depth", "24", "-AlwaysShared", "-AcceptSetDesktopSize",
             # Readiness probes connect without authenticating; only the portal's bridge

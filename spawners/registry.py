@@ -5,6 +5,7 @@ from __future__ import annotations
 from orchestrator.settings import Settings, SettingsError
 from spawners.base import Backend
 from spawners.local import LocalBackend
+from spawners.local_sandbox import LocalOptions
 
 
 def make_backends(settings: Settings) -> dict[str, Backend]:
@@ -12,7 +13,7 @@ def make_backends(settings: Settings) -> dict[str, Backend]:
     for name in settings.backends:
         if name == "local":
             backends[name] = LocalBackend(settings.deployment_id, settings.sessions_dir,
-                                          settings.local_python)
+                                          settings.local_python, _local_options(settings))
         elif name == "kubernetes":
             from spawners.k8s_config import load_pod_options
             from spawners.k8s_manifests import PodOptions
@@ -58,3 +59,25 @@ def make_backends(settings: Settings) -> dict[str, Backend]:
         else:
             raise SettingsError(f"unknown backend {name!r}")
     return backends
+
+
+def _local_options(settings: Settings) -> LocalOptions:
+    """The local backend's options; refuses to start when the sandbox is required and this
+    machine cannot make it (rather than silently running sessions unsandboxed)."""
+    from spawners.cgroups import detect
+    from spawners.sandbox import unavailable_reason
+
+    options = LocalOptions(sandbox=settings.local_sandbox, run_dir=settings.local_run_dir,
+                           cgroup_parent=settings.local_cgroup_parent,
+                           pids_max=settings.local_pids_max)
+    if options.sandbox == "required":
+        reason = unavailable_reason()
+        missing = detect().missing()
+        if missing and not reason:
+            reason = "the cgroup controllers " + ", ".join(missing) + " are not mounted"
+        if reason:
+            raise SettingsError(
+                f"ATRIUM_LOCAL_SANDBOX=required: local sessions cannot be sandboxed: {reason}. "
+                "Run the portal as root with bubblewrap installed, or set "
+                "ATRIUM_LOCAL_SANDBOX=off-single-user (one user, unsandboxed; development only)")
+    return options

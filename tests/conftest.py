@@ -182,3 +182,23 @@ def cleanup_sessions(srv: AtriumServer) -> None:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+    _remove_sandbox_leftovers(srv.deployment)
+
+
+def _remove_sandbox_leftovers(deployment: str) -> None:
+    """Sandboxed local sessions also leave control groups and socket folders behind."""
+    from spawners.cgroups import InstanceCgroup, detect, managed_names
+
+    layout = detect()
+    for name in managed_names(layout, "atrium", f"{deployment}."):
+        group = InstanceCgroup(layout, "atrium", name)
+        for _ in range(50):
+            if not group.pids():
+                break
+            group.kill_all()
+            time.sleep(0.05)
+        group.remove()
+    run = Path("/run/atrium")
+    if run.is_dir():
+        for entry in run.glob(f"{deployment}.*"):
+            shutil.rmtree(entry, ignore_errors=True)

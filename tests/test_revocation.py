@@ -177,8 +177,14 @@ async def test_removing_a_user_aborts_streams_and_rotates_the_secrets(
     after = await secrets_of(server, instance)
     assert after["jupyter_token"] != before["jupyter_token"]
     assert after["vnc_password"] != before["vnc_password"]
-    status = f"{before['endpoint_jupyter']}/instances/{instance}/lab/api/status"
-    async with httpx.AsyncClient(timeout=10) as upstream:
+    # Straight to the session's endpoint (a Unix socket for sandboxed local sessions).
+    from spawners.endpoints import unix_path
+
+    sock = unix_path(before["endpoint_jupyter"])
+    base = "http://localhost" if sock else before["endpoint_jupyter"]
+    status = f"{base}/instances/{instance}/lab/api/status"
+    transport = httpx.AsyncHTTPTransport(uds=sock) if sock else None
+    async with httpx.AsyncClient(timeout=10, transport=transport) as upstream:
         old = await upstream.get(status, headers={"Authorization":
                                                   f"token {before['jupyter_token']}"})
         new = await upstream.get(status, headers={"Authorization":

@@ -17,6 +17,7 @@ from orchestrator import metrics
 from orchestrator.announce import Announcer
 from orchestrator.db import Database
 from orchestrator.experiments_sync import periodic_sync
+from orchestrator.filemodes import secure_state_dir
 from orchestrator.lifetime import LifetimeService
 from orchestrator.lifetime_policy import LifetimePolicy
 from orchestrator.notify import Mailer
@@ -192,6 +193,7 @@ async def build_portal(settings: Settings, db: Database) -> Portal:
 async def serve(settings: Settings) -> None:
     """Run the portal until SIGINT/SIGTERM. Sessions keep running when it stops."""
     settings.check_for_serving()
+    secure_state_dir(settings.state_dir, settings.database_url)
     # The proxy streams bodies of any size (Tornado's client would refuse > 100 MiB); each
     # instance gets a share of the clients (web/limits.py InstanceSlots).
     AsyncHTTPClient.configure(None, max_clients=settings.limits.upstream_connections,

@@ -15,7 +15,6 @@ import struct
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import tornado.web
 import tornado.websocket
@@ -24,6 +23,7 @@ from orchestrator import metrics
 from orchestrator.errors import RequestError
 from sharing.policy import Action, authorize
 from spawners.base import BackendError
+from spawners.endpoints import open_stream
 from web import rfb
 from web.api import visible_instance
 from web.base import ApiHandler, BaseHandler
@@ -44,9 +44,7 @@ class VncHandshakeError(Exception):
 async def vnc_connect(endpoint: str, password: str
                       ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Connect and authenticate to the VNC server; returns the stream after SecurityResult."""
-    parts = urlsplit(endpoint)
-    reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(parts.hostname, parts.port), 10)
+    reader, writer = await open_stream(endpoint, 10)
     try:
         if not (await reader.readexactly(12)).startswith(b"RFB 003."):
             raise VncHandshakeError("not a VNC server")

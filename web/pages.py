@@ -110,7 +110,9 @@ class DashboardHandler(BaseHandler):
             in_use = await usage_by_experiment(s, [e.id for e in experiments], user.id)
             self.render_page("dashboard.html", user=user, experiments=experiments, plans=plans,
                              instances=rows, error=error, form=form or {}, quota=quota,
-                             in_use=in_use, reserved_for=reserved_for)
+                             in_use=in_use, reserved_for=reserved_for,
+                             unsandboxed=self.portal.settings.local_sandbox != "required"
+                             and "local" in self.portal.settings.backends)
 
     @tornado.web.authenticated
     async def post(self) -> None:

@@ -24,6 +24,7 @@ from tornado.routing import Matcher, PathMatches
 
 from orchestrator import metrics
 from sharing.policy import Action, authorize
+from spawners.endpoints import http_base
 from web import activity, bodylimit
 from web.base import BaseHandler
 from web.credentials import credential_of
@@ -236,7 +237,7 @@ class LabProxyHandler(ProxyAuth, BaseHandler):
 
     async def _forward(self, route: Route) -> None:
         request = self.request
-        url = route.endpoints["jupyter"].rstrip("/") + request.uri
+        url = http_base(route.endpoints["jupyter"]).rstrip("/") + request.uri
         headers = upstream_headers(request.headers, route.secrets.get("jupyter_token", ""),
                                    REQUEST_DROP)
         headers["X-Forwarded-For"] = request.remote_ip or ""
@@ -322,7 +323,8 @@ class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
             refusal.answer(self)
             return
         assert isinstance(route, Route)
-        target = route.endpoints["jupyter"].replace("http", "ws", 1).rstrip("/") + self.request.uri
+        target = (http_base(route.endpoints["jupyter"]).replace("http", "ws", 1).rstrip("/")
+                  + self.request.uri)
         headers = upstream_headers(self.request.headers, route.secrets.get("jupyter_token", ""),
                                    WS_DROP)
         protocols = [p.strip() for p in self.request.headers.get(
