@@ -26,7 +26,7 @@ from kubernetes import client
 
 from tests.conftest import PG_URL, need
 from tests.harness.kubernetes.cluster import ClusterInfo, LocalCluster, api_client
-from tests.harness.kubernetes.kubelet_double import KubeletDouble
+from tests.harness.kubernetes.kubelet_double import POD_BASE_ENV, KubeletDouble
 
 ROOT = Path(__file__).resolve().parents[2]
 RELEASE, NAMESPACE, SESSIONS = "atrium", "atrium", "atrium-sessions"
@@ -125,6 +125,10 @@ def install_values() -> dict[str, Any]:
                    "reconcileInterval": 2, "startTimeout": 120, "defaultQuota": 10,
                    "shutdown": {"drainSeconds": 1, "graceSeconds": 8},
                    "terminationGracePeriodSeconds": 12,
+                   # What the portal image's ENV gives its containers (the double runs
+                   # commands on this machine, and pods get only what their spec says).
+                   "extraEnv": {"PATH": f"{Path(sys.executable).parent}:{POD_BASE_ENV['PATH']}",
+                                "PYTHONPATH": str(ROOT)},
                    "readinessProbe": {"periodSeconds": 1, "failureThreshold": 1},
                    "livenessProbe": {"periodSeconds": 5, "failureThreshold": 6,
                                      "initialDelaySeconds": 5}},
