@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 
 from spawners.k8s_manifests import Placement, PodOptions, VolumeTemplate
+from spawners.templating import format_placeholders
 
 _PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 _VOLUME_KEYS = ("kind", "server", "claim", "root")
@@ -117,6 +118,8 @@ def pod_options_from_mapping(data: Mapping[str, Any]) -> PodOptions:
     for key in ("home_path", "home_source"):
         if key in values and not values[key].startswith("/"):
             raise ValueError(f"{key}: expected an absolute path, not {values[key]!r}")
+        if key in values:
+            format_placeholders(values[key], {"username": "x"}, key)
     if data.get("home_volume") is not None:
         values["home_volume"] = _volume(data["home_volume"], "home_volume")
     if data.get("data_volume") is not None:

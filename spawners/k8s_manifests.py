@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from spawners.base import LABEL_DEPLOYMENT, LABEL_INSTANCE, InstanceSpec, ResourceState
+from spawners.templating import format_placeholders
 
 Manifest = dict[str, Any]
 """A Kubernetes object (or part of one) as JSON-ready data."""
@@ -224,12 +225,17 @@ def _volume_source(template: VolumeTemplate, path: str, read_only: bool) -> tupl
     raise ValueError(f"unknown volume template kind {template.kind!r}")
 
 
+def _home(pattern: str, spec: InstanceSpec) -> str:
+    """An admin path pattern with ``{username}`` filled (nothing else: no attribute access)."""
+    return format_placeholders(pattern, {"username": spec.owner.username}, "home pattern")
+
+
 def volumes(spec: InstanceSpec, options: PodOptions) -> tuple[list[Manifest], list[Manifest]]:
     """(pod volumes, volume mounts): the home and every data mount, data always readOnly.
 
     Data mounts sit at ``home/<target>``; ``target`` may not escape the home.
     """
-    home = options.home_path.format(username=spec.owner.username)
+    home = _home(options.home_path, spec)
     vols: list[Manifest] = []
     mounts: list[Manifest] = []
     if options.home_volume is None:
@@ -237,7 +243,7 @@ def volumes(spec: InstanceSpec, options: PodOptions) -> tuple[list[Manifest], li
         mounts.append({"name": "home", "mountPath": home})
     else:
         source, sub = _volume_source(
-            options.home_volume, options.home_source.format(username=spec.owner.username),
+            options.home_volume, _home(options.home_source, spec),
             read_only=False)
         vols.append({"name": "home", **source})
         mounts.append({"name": "home", "mountPath": home, **({"subPath": sub} if sub else {})})
@@ -313,7 +319,7 @@ def make_pod(spec: InstanceSpec, deployment_id: str, namespace: str,
     if not spec.protocols:
         raise ValueError("an instance needs at least one protocol")
     name = object_name(spec.uid)
-    home = options.home_path.format(username=spec.owner.username)
+    home = _home(options.home_path, spec)
     vols, mounts = volumes(spec, options)
     base_env: list[Manifest] = [
         # Downward API: the pod IP is only known once the pod is scheduled.
