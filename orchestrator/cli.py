@@ -102,7 +102,11 @@ async def cmd_token_create(settings: Settings, args: argparse.Namespace) -> int:
             user = await s.scalar(select(User).where(User.username == args.username))
             if user is None:
                 raise RequestError(f"no user {args.username!r}")
-            lifetime = dt.timedelta(days=args.expires_days) if args.expires_days else None
+            days = args.expires_days or settings.token_default_days
+            if not 1 <= days <= settings.token_max_days:
+                raise RequestError(f"--expires-days must be between 1 and "
+                                   f"{settings.token_max_days} (ATRIUM_TOKEN_MAX_DAYS)")
+            lifetime = dt.timedelta(days=days)
             token = await create_token(s, user, args.name, lifetime)
             await s.commit()
     finally:
@@ -131,7 +135,8 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("username")
     create.add_argument("--name", default="cli", help="a label for the token")
     create.add_argument("--expires-days", type=int, default=0,
-                        help="days until the token expires (default: never)")
+                        help="days until the token expires (default: "
+                             "ATRIUM_TOKEN_DEFAULT_DAYS)")
     cli_catalog.add_parsers(sub)
     return p
 
