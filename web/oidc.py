@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 
 from sqlalchemy import select
 
@@ -124,11 +125,14 @@ class OidcCallbackHandler(OidcHandler):
                 user = await logins.upsert_user(
                     s, issuer=meta.issuer, subject=identity.subject, username=identity.username,
                     email=identity.email, name=identity.name, groups=identity.groups,
-                    roles=identity.roles, managed_roles=client.mapping.managed_roles)
+                    roles=identity.roles, managed_roles=client.mapping.managed_roles,
+                    link_unclaimed=self.portal.settings.oidc_link_unclaimed)
                 await s.commit()
                 user_id = user.id
         except IdentityConflict as err:
-            raise LoginRefused(f"{err}; ask an administrator") from None
+            # The subject lets the administrator link the right account.
+            raise LoginRefused(f"{err}. Your identity at the provider is {identity.subject!r}"
+                               ) from None
         await self.portal.auth.start_session(
             self, user_id, "oidc", provider_sid=str(claims.get("sid") or ""),
             id_token=tokens["id_token"],
@@ -185,14 +189,22 @@ class LoggedOutHandler(BaseHandler):
 
 
 def provider_check(portal: Portal, client: OidcClient) -> ProviderCheck:
-    """The Authenticator's hook: does the provider session behind a login still live?
+    """The Authenticator's hook: does the provider session behind a login still live, and
+    what does the provider say of the user now?
 
     Uses the refresh token (providers such as Keycloak tie it to their session). Returns
     False (after revoking the login) when the provider refuses it; True when it accepts,
     when another request or replica checked moments ago, or when the provider cannot be
     reached (a provider outage must not log everyone out; the lifetime still applies).
+
+    Deprovisioning reaches Atrium here, not at the next login: a refusal worded as a
+    disabled or deleted account (``ATRIUM_OIDC_DEPROVISIONED``) revokes every login and API
+    token of the user and drops the roles the provider manages; an accepted refresh reads
+    userinfo and makes the managed roles and groups follow it (an admin group removed there
+    is ADMIN removed here).
     """
     interval = dt.timedelta(seconds=max(portal.settings.oidc_recheck_interval - 1, 0))
+    deprovisioned = re.compile(portal.settings.oidc_deprovisioned)
 
     async def check(digest: str) -> bool:
         async with portal.db.session() as s:
@@ -206,6 +218,9 @@ def provider_check(portal: Portal, client: OidcClient) -> ProviderCheck:
         try:
             tokens = await client.refresh(refresh_token, subject)
         except SessionEnded as err:
+            if deprovisioned.search(str(err)):
+                await _deprovision(portal, client, user_id, str(err))
+                return False
             log.info("provider session ended for user %s: %s", user_id, err)
             async with portal.db.session() as s:
                 await logins.revoke(s, digest)
@@ -221,9 +236,48 @@ def provider_check(portal: Portal, client: OidcClient) -> ProviderCheck:
                 row.refresh_token = str(tokens.get("refresh_token") or row.refresh_token)
                 row.id_token = str(tokens.get("id_token") or row.id_token)
                 await s.commit()
+        await _follow(portal, client, user_id, subject, tokens)
         return True
 
     return check
+
+
+async def _deprovision(portal: Portal, client: OidcClient, user_id: int, why: str) -> None:
+    async with portal.db.session() as s:
+        sessions, tokens = await logins.deprovision(s, user_id, client.mapping.managed_roles)
+        await s.commit()
+    for digest in sessions:
+        portal.auth.forget(digest)
+    for digest in tokens:
+        portal.auth.revoke_digest(digest)
+    portal.auth.principals.invalidate(user_id)
+    log.warning("user %s disabled at the provider (%s): %d login(s) and %d token(s) revoked",
+                user_id, why, len(sessions), len(tokens))
+
+
+async def _follow(portal: Portal, client: OidcClient, user_id: int, subject: str,
+                  tokens: dict[str, object]) -> None:
+    """Roles and groups follow what the provider's userinfo says now."""
+    access_token = tokens.get("access_token")
+    if not isinstance(access_token, str) or not access_token:
+        return
+    try:
+        claims = await client.userinfo(access_token, subject)
+        identity = client.mapping.identity({"sub": subject, **claims})
+    except LoginRefused as err:  # ProviderUnreachable included: keep what we know
+        log.warning("cannot read the provider's view of user %s: %s", user_id, err.message)
+        return
+    if not claims:
+        return  # no userinfo endpoint: the next login updates roles
+    async with portal.db.session() as s:
+        lost = await logins.follow_provider(
+            s, issuer=client.issuer, subject=subject, groups=identity.groups,
+            roles=identity.roles, managed_roles=client.mapping.managed_roles)
+        await s.commit()
+    portal.auth.principals.invalidate(user_id)
+    if lost:
+        log.info("user %s lost %s at the provider", user_id,
+                 ",".join(sorted(r.value for r in lost)))
 
 
 async def _subject(portal: Portal, user_id: int, issuer: str) -> str:

@@ -42,6 +42,11 @@ def provider_users() -> list[ProviderUser]:
         ProviderUser("oidc.judy", "judy-pw", "Judy Jones", "judy@example.org", []),
         ProviderUser("oidc.kim", "kim-pw", "Kim Kerr", "kim@example.org", []),
         ProviderUser("bad name", "x", "Bad Name", "bad@example.org", []),
+        # Identity and deprovisioning (test_oidc_identity.py): dave's account exists
+        # already; leo gets disabled at the provider, mia loses her admin group.
+        ProviderUser("dave", "dave-pw", "Dave Dunn", "dave@example.org", ["it-support"]),
+        ProviderUser("oidc.leo", "leo-pw", "Leo Lane", "leo@example.org", ["beamline-staff"]),
+        ProviderUser("oidc.mia", "mia-pw", "Mia Moss", "mia@example.org", ["atrium-admins"]),
     ]
 
 

@@ -1,5 +1,8 @@
 """Login sessions end: after the idle timeout, after the lifetime, and (demo logins) when
-demo mode is switched off. A second Atrium on the same database plays the demo server."""
+demo mode is switched off. A second Atrium on the same database plays the demo server.
+
+Its demo logins use accounts the provider tests never log in to: an account used by a
+demo login belongs to someone, and a first provider login may not claim it."""
 
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ def demo_login(server: AtriumServer, username: str) -> httpx.Client:
 
 
 def test_a_demo_login_dies_when_demo_mode_is_off(demo: AtriumServer, oidc: OidcStack) -> None:
-    client = demo_login(demo, "admin")
+    client = demo_login(demo, "erin")
     # Same database, same cookie secret, demo mode off: the demo login is not honoured.
     elsewhere = httpx.Client(base_url=oidc.url, timeout=30)
     elsewhere.cookies.set("atrium_session", client.cookies["atrium_session"],
@@ -59,7 +62,7 @@ def test_an_idle_login_ends(demo: AtriumServer) -> None:
 
 
 def test_a_login_ends_after_its_lifetime_even_when_busy(demo: AtriumServer) -> None:
-    client = demo_login(demo, "carol")
+    client = demo_login(demo, "frank")
     start = time.monotonic()
     while time.monotonic() - start < LIFETIME - 1:
         assert client.get("/api/v1/me").status_code == 200
@@ -69,7 +72,7 @@ def test_a_login_ends_after_its_lifetime_even_when_busy(demo: AtriumServer) -> N
 
 
 def test_logout_revokes_a_demo_login(demo: AtriumServer) -> None:
-    client = demo_login(demo, "alice")
+    client = demo_login(demo, "gina")
     session = client.cookies["atrium_session"]
     r = client.post("/logout", data={"_xsrf": xsrf(client)})
     assert r.status_code == 302 and r.headers["location"] == "/login"
