@@ -29,7 +29,7 @@ start-up and raises :class:`SettingsError` naming the variable and what was expe
 | ATRIUM_K8S_USE_SERVICE | false | reach sessions through a Service per instance |
 | ATRIUM_OS_CLOUD | (none) | clouds.yaml entry of the OpenStack backend (credentials there) |
 | ATRIUM_OS_NETWORKS | (nova decides) | networks of session servers, comma separated |
-| ATRIUM_OS_SECURITY_GROUPS | default | security groups of session servers, comma separated |
+| ATRIUM_OS_SECURITY_GROUPS | (none) | more security groups of every session server (7) |
 | ATRIUM_OS_FLOATING_NETWORK | (none) | give each server a floating IP from this network |
 | ATRIUM_K8S_POD_CONFIG | (none) | YAML shaping session pods (spawners/k8s_config.py) |
 | ATRIUM_SESSION_LIFETIME | 604800 | seconds a login lasts at most (then log in again) |
@@ -153,7 +153,7 @@ class Settings:
     k8s_use_service: bool = False
     os_cloud: str = ""
     os_networks: tuple[str, ...] = ()
-    os_security_groups: tuple[str, ...] = ("default",)
+    os_security_groups: tuple[str, ...] = ()
     os_floating_network: str = ""
     k8s_pod_config: Path | None = None
     session_lifetime: float = 7 * 86400.0
@@ -353,7 +353,8 @@ def load_settings(env: dict[str, str] | None = None, **overrides: object) -> Set
         k8s_use_service=_bool(env, "ATRIUM_K8S_USE_SERVICE", False),
         os_cloud=env.get("ATRIUM_OS_CLOUD", ""),
         os_networks=_list(env, "ATRIUM_OS_NETWORKS", ()),
-        os_security_groups=_list(env, "ATRIUM_OS_SECURITY_GROUPS", ("default",)),
+        # Not Neutron's "default" group: it admits every other server of the project.
+        os_security_groups=_list(env, "ATRIUM_OS_SECURITY_GROUPS", ()),
         os_floating_network=env.get("ATRIUM_OS_FLOATING_NETWORK", ""),
         k8s_pod_config=_file(env, "ATRIUM_K8S_POD_CONFIG"),
         session_lifetime=_number(env, "ATRIUM_SESSION_LIFETIME", 7 * 86400.0, minimum=1),
