@@ -142,6 +142,23 @@ async def claim_provider_check(session: AsyncSession, digest: str,
     return await session.get(LoginSession, digest)
 
 
+async def due_provider_checks(session: AsyncSession, interval: dt.timedelta,
+                              idle_timeout: dt.timedelta, limit: int = 200) -> list[str]:
+    """Live OpenID Connect logins whose provider session was not checked within
+    ``interval`` (oldest first), for the background sweep. Logins idle past
+    ``idle_timeout`` are dead to Atrium already: not refreshed (a refresh may count as
+    activity at the provider and keep its session alive)."""
+    now = utcnow()
+    return list((await session.scalars(
+        select(LoginSession.id_hash)
+        .where(LoginSession.method == "oidc", LoginSession.revoked_at.is_(None),
+               LoginSession.expires_at > now, LoginSession.refresh_token != "",
+               LoginSession.last_seen_at > now - idle_timeout,
+               or_(LoginSession.provider_checked_at.is_(None),
+                   LoginSession.provider_checked_at <= now - interval))
+        .order_by(LoginSession.provider_checked_at).limit(limit))).all())
+
+
 # --- pending logins -------------------------------------------------------------------
 
 

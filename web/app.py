@@ -141,6 +141,8 @@ async def serve(settings: Settings) -> None:
     # Revocation and the owner's absence reach open connections within seconds.
     presence_task = asyncio.get_running_loop().create_task(
         portal.presence.watch(portal.routes.get))
+    # Deprovisioning at the provider reaches idle users and API tokens too.
+    sweep_task = asyncio.get_running_loop().create_task(oidc.provider_sweep(portal))
     sync_task = None
     if settings.experiments_sync_interval > 0:
         sync_task = asyncio.get_running_loop().create_task(periodic_sync(settings, db))
@@ -160,6 +162,7 @@ async def serve(settings: Settings) -> None:
     log.info("stopping")
     server.stop()
     presence_task.cancel()
+    sweep_task.cancel()
     if sync_task:
         sync_task.cancel()
     await scheduler.stop()

@@ -18,6 +18,7 @@ The flow (authorization code with PKCE):
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import re
@@ -240,6 +241,29 @@ def provider_check(portal: Portal, client: OidcClient) -> ProviderCheck:
         return True
 
     return check
+
+
+async def provider_sweep(portal: Portal) -> None:
+    """Check, every recheck interval, the provider sessions no request checked (their
+    users may be away, or use API tokens only): a user disabled at the provider loses
+    logins and tokens within about two intervals even when Atrium sees no request from
+    them. Runs until cancelled; replicas share the work through the check's claim."""
+    check = portal.auth.provider_check
+    interval = portal.settings.oidc_recheck_interval
+    if check is None or interval <= 0:
+        return
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            async with portal.db.session() as s:
+                due = await logins.due_provider_checks(
+                    s, dt.timedelta(seconds=interval),
+                    dt.timedelta(seconds=portal.settings.session_idle_timeout))
+            for digest in due:
+                if not await check(digest):
+                    portal.auth.forget(digest)
+        except Exception:  # the next round tries again
+            log.exception("provider session sweep failed")
 
 
 async def _deprovision(portal: Portal, client: OidcClient, user_id: int, why: str) -> None:

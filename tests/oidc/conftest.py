@@ -47,6 +47,7 @@ def provider_users() -> list[ProviderUser]:
         ProviderUser("dave", "dave-pw", "Dave Dunn", "dave@example.org", ["it-support"]),
         ProviderUser("oidc.leo", "leo-pw", "Leo Lane", "leo@example.org", ["beamline-staff"]),
         ProviderUser("oidc.mia", "mia-pw", "Mia Moss", "mia@example.org", ["atrium-admins"]),
+        ProviderUser("oidc.noa", "noa-pw", "Noa Nash", "noa@example.org", []),
     ]
 
 

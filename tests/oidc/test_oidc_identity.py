@@ -108,3 +108,19 @@ def test_an_admin_group_removed_at_the_provider_removes_admin_at_the_next_check(
         assert me(script).status_code == 200  # the token keeps the user's remaining rights
     finally:
         oidc.provider.update_user("oidc.mia", groups=["atrium-admins"])
+
+
+def test_a_user_who_only_runs_scripts_is_deprovisioned_by_the_sweep(oidc: OidcStack) -> None:
+    """No browser request after the user is disabled: the background sweep of provider
+    sessions notices, and the API token stops working."""
+    client = login(oidc, "oidc.noa")
+    script = bearer(oidc, new_token(client))
+    oidc.provider.update_user("oidc.noa", disabled=True)
+    try:
+        deadline = time.monotonic() + 6 * RECHECK + 10
+        while me(script).status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert me(script).status_code == 401
+    finally:
+        oidc.provider.update_user("oidc.noa", disabled=False)
+    assert me(client).status_code == 401  # the login went with it, unasked
