@@ -287,12 +287,12 @@ async def _follow(portal: Portal, client: OidcClient, user_id: int, subject: str
         return
     try:
         claims = await client.userinfo(access_token, subject)
+        if not claims:
+            return  # no userinfo endpoint: the next login updates roles
         identity = client.mapping.identity({"sub": subject, **claims})
     except LoginRefused as err:  # ProviderUnreachable included: keep what we know
         log.warning("cannot read the provider's view of user %s: %s", user_id, err.message)
         return
-    if not claims:
-        return  # no userinfo endpoint: the next login updates roles
     async with portal.db.session() as s:
         lost = await logins.follow_provider(
             s, issuer=client.issuer, subject=subject, groups=identity.groups,
