@@ -13,7 +13,7 @@ from sqlalchemy import select
 from orchestrator import logins
 from orchestrator.db import Database
 from orchestrator.logins import IdentityConflict
-from orchestrator.models import Role, User, UserIdentity, utcnow
+from orchestrator.models import ApiToken, Role, User, UserIdentity, utcnow
 from orchestrator.settings import normalise_database_url
 from orchestrator.tokens import create_token, hash_token, user_id_for_token
 from tests.conftest import Databases
@@ -94,3 +94,20 @@ async def test_deprovision_revokes_everything_and_drops_managed_roles(db: Databa
         assert snap is not None and snap.revoked
         u = await s.get(User, user.id)
         assert u is not None and not u.roles
+
+
+async def test_tokens_without_expiry_live_the_maximum_at_most(db: Database) -> None:
+    """Tokens made before every token expired (no expires_at) stop at the maximum age."""
+    async with db.session() as s:
+        alice = await s.scalar(select(User).where(User.username == "alice"))
+        assert alice is not None
+        old, recent = await create_token(s, alice, "old"), await create_token(s, alice, "new")
+        row = await s.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(old)))
+        assert row is not None and row.expires_at is None
+        row.created_at = utcnow() - dt.timedelta(days=400)
+        await s.commit()
+    async with db.session() as s:
+        year = dt.timedelta(days=365)
+        assert await user_id_for_token(s, hash_token(old), year) is None
+        assert await user_id_for_token(s, hash_token(old)) == alice.id
+        assert await user_id_for_token(s, hash_token(recent), year) == alice.id
