@@ -143,7 +143,8 @@ class OidcProvider:
 
     def tamper(self, *, set: dict[str, Any] | None = None, unset: list[str] | None = None,
                sign: str = "provider", replay: bool = False) -> None:
-        """Make the NEXT token response carry a changed ID token (see provider.mjs)."""
+        """Make the NEXT login's token response carry a changed ID token (see provider.mjs;
+        refresh grants, e.g. Atrium's background provider checks, are left alone)."""
         body = {"set": set or {}, "unset": unset or [], "sign": sign, "replay": replay}
         httpx.post(f"{self.issuer}/test/tamper", json=body, timeout=10).raise_for_status()
 

@@ -11,9 +11,9 @@
 //     (as a facility's single sign-on does for its own applications);
 //   * test controls, reachable on loopback only, to play a hostile or broken provider:
 //     POST /test/tamper {set?: {claim: value}, unset?: [claim], sign?: "provider"|"rogue"|
-//       "none", replay?: true} - the NEXT token response carries an ID token changed so
-//       (re-signed with the provider's own key, a rogue key with the same kid, or unsigned;
-//       or the previous login's ID token, replayed);
+//       "none", replay?: true} - the NEXT login's token response (a code grant) carries an
+//       ID token changed so (re-signed with the provider's own key, a rogue key with the
+//       same kid, or unsigned; or the previous login's ID token, replayed);
 //     POST /test/users/<username> {name?, email?, groups?, disabled?} - change a user's
 //       claims, or disable the account: it cannot sign in, and its refresh tokens are refused
 //       with invalid_grant "User disabled" (Keycloak's words for a disabled account);
@@ -142,7 +142,10 @@ provider.use(async (ctx, next) => {
   if (ctx.path === '/token' && ctx.atriumAccountDisabled && ctx.body?.error === 'invalid_grant') {
     ctx.body = { ...ctx.body, error_description: 'User disabled' };
   }
-  if (ctx.path === '/token' && ctx.method === 'POST' && ctx.body?.id_token) {
+  // Only logins (code grants): the relying party's background refreshes must neither
+  // consume a tamper meant for a login nor become the ID token a replay test replays.
+  if (ctx.path === '/token' && ctx.method === 'POST' && ctx.body?.id_token
+      && ctx.oidc?.params?.grant_type === 'authorization_code') {
     const issued = ctx.body.id_token;
     if (tamper) {
       ctx.body = { ...ctx.body, id_token: forge(issued, tamper) };
