@@ -21,8 +21,9 @@ from orchestrator.models import (
     UserGroup,
     UserRole,
 )
+from orchestrator.paging import Page, count
 from quotas.policies import Limits, all_policies, groups_of, limits_for, resolve
-from quotas.usage import Usage, usage_by_owner, usage_of
+from quotas.usage import Usage, live, usage_by_owner, usage_of
 
 GROUP_MAX = 128
 
@@ -84,29 +85,38 @@ async def user_overview(session: AsyncSession, user: User, default_instances: in
                         await usage_of(session, user.id))
 
 
-async def users_overview(session: AsyncSession, default_instances: int, query: str = ""
-                         ) -> list[UserOverview]:
-    """Every user (or those whose name/email contains ``query``) with limits and use."""
-    stmt = select(User).order_by(User.username)
+async def users_overview(session: AsyncSession, default_instances: int, query: str = "",
+                         page: Page | None = None, in_use: bool = False
+                         ) -> tuple[list[UserOverview], int]:
+    """One page (default: the first) of the users whose name/email contains ``query`` (all
+    without one; with ``in_use``, only those owning live instances), by username, with
+    limits and use; and how many match in all."""
+    page = page or Page()
+    stmt = select(User).order_by(User.username, User.id)
+    if in_use:
+        stmt = stmt.where(User.id.in_(select(Instance.owner_id).where(live())))
     if query:
         like = f"%{query.lower()}%"
         stmt = stmt.where(or_(func.lower(User.username).like(like),
                               func.lower(User.display_name).like(like),
                               func.lower(User.email).like(like)))
-    users = (await session.scalars(stmt)).all()
-    usage = await usage_by_owner(session)
+    users = (await session.scalars(page.apply(stmt))).all()
+    total = await count(session, stmt)
+    ids = [u.id for u in users]
+    usage = await usage_by_owner(session, ids)
     # Policies and groups read once, resolved per user in memory.
     policies = await all_policies(session)
     groups: dict[int, list[str]] = {}
     for user_id, name in await session.execute(
-            select(UserGroup.user_id, UserGroup.name).order_by(UserGroup.name)):
+            select(UserGroup.user_id, UserGroup.name).where(UserGroup.user_id.in_(ids))
+            .order_by(UserGroup.name)):
         groups.setdefault(user_id, []).append(name)
     return [UserOverview(user, groups.get(user.id, []),
                          resolve(policies, username=user.username, roles=user.role_names,
                                  groups=groups.get(user.id, []),
                                  default_instances=default_instances),
                          usage.get(user.id, Usage()))
-            for user in users]
+            for user in users], total
 
 
 @dataclass(frozen=True)
@@ -137,9 +147,10 @@ class InstanceFilter:
                    or status == InstanceStatus.DELETED)
 
 
-async def find_instances(session: AsyncSession, f: InstanceFilter, limit: int = 500
-                         ) -> Sequence[Instance]:
-    """All users' instances matching ``f``, newest first (at most ``limit``)."""
+async def find_instances(session: AsyncSession, f: InstanceFilter, page: Page | None = None
+                         ) -> tuple[Sequence[Instance], int]:
+    """One page (default: the first) of all users' instances matching ``f``, newest first;
+    and how many match in all."""
     stmt = select(Instance).order_by(Instance.created_at.desc(), Instance.id.desc())
     if f.status:
         stmt = stmt.where(Instance.status == InstanceStatus(f.status))
@@ -156,7 +167,8 @@ async def find_instances(session: AsyncSession, f: InstanceFilter, limit: int = 
         like = f"%{f.text.lower()}%"
         stmt = stmt.where(or_(func.lower(Instance.name).like(like),
                               Instance.uid.like(like)))
-    return (await session.scalars(stmt.limit(limit))).unique().all()
+    page = page or Page()
+    return (await session.scalars(page.apply(stmt))).unique().all(), await count(session, stmt)
 
 
 def is_live(instance: Instance) -> bool:

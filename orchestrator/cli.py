@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from orchestrator import cli_catalog
+from orchestrator import cli_catalog, logs
 from orchestrator.db import Database, SchemaOutOfDate
 from orchestrator.errors import RequestError
 from orchestrator.settings import Settings, SettingsError, load_settings
@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         env.setdefault("ATRIUM_DEMO_MODE", "true")
     try:
         settings = load_settings(env)
+        logs.configure(settings.log_format, args.verbose)
         return asyncio.run(COMMANDS[name](settings, args))
     except SettingsError as err:
         print(f"atrium: bad setting: {err}", file=sys.stderr)

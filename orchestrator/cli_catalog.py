@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from orchestrator.announce import Announcer, Change
 from orchestrator.catalog import apply_spec, dump_catalog, export_catalog, load_catalog
 from orchestrator.catalog_spec import parse_catalog
 from orchestrator.db import Database
@@ -30,8 +31,8 @@ async def cmd_catalog_apply(settings: Settings, args: argparse.Namespace) -> int
             changes = await apply_spec(s, spec, prune=args.prune)
             if args.dry_run:
                 await s.rollback()
-            else:
-                await s.commit()
+            else:  # every running portal hears of it (PostgreSQL)
+                await Announcer(db).commit(s, Change("catalogue"))
     finally:
         await db.close()
     for change in changes:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from orchestrator import metrics
 from orchestrator.errors import RequestError
 from orchestrator.lifetime_policy import LifetimePolicy
 from orchestrator.models import (
@@ -122,7 +123,11 @@ async def launch(session: AsyncSession, user: User, *, name: object, plan_id: ob
                              {e.instrument.name for e in chosen if e.instrument is not None})
     if refused:
         raise RequestError(refused, 403)
-    limits = await admit_launch(session, user, plan, quota)
+    try:
+        limits = await admit_launch(session, user, plan, quota)
+    except RequestError:
+        metrics.QUOTA_REFUSALS.labels(plan.backend).inc()
+        raise
     instance = Instance(uid=new_uid(), name=name, owner=user, plan=plan, backend=plan.backend,
                         target=Target.RUNNING, status=InstanceStatus.BUILDING,
                         progress="Waiting for the orchestrator", experiments=chosen)
@@ -133,6 +138,7 @@ async def launch(session: AsyncSession, user: User, *, name: object, plan_id: ob
                                      vnc_password=secrets.token_urlsafe(6)[:8])
     session.add(instance)
     await session.flush()
+    metrics.launched(plan, plan.backend)
     record(session, instance, user, "launched",
            f"plan {plan.image.name} on {plan.flavour.name}, experiments "
            + (", ".join(e.proposal for e in instance.experiments) or "none"))

@@ -185,20 +185,25 @@ class LifetimeService:
     # --- warnings ---------------------------------------------------------------------
 
     async def warn(self) -> WarnReport:
-        """Record due warnings, cancel outdated ones, send what is pending."""
+        """Record due warnings, cancel outdated ones, send what is pending.
+
+        Set-based: the instances near a deadline and their recorded warnings are read in a
+        few queries; statements per instance are spent only on warnings not yet recorded.
+        """
         now = self.clock()
         report = WarnReport()
         async with self.db.session() as s:
             rows = await self._near(s, now, max(self.policy.lifetime_warning,
                                                 self.policy.inactivity_warning))
+            recorded = await self._warnings(s, [r.id for r in rows])
+            due = [(row, d) for row in rows for d in row.deadlines(self.policy)
+                   if d.warning_due(now) and (row.id, WARN[d.kind], d.at) not in recorded]
             owners = {u.id: u for u in (await s.scalars(
-                select(User).where(User.id.in_({r.owner_id for r in rows})))).all()} \
-                if rows else {}
-            for row in rows:
-                for deadline in row.deadlines(self.policy):
-                    if deadline.warning_due(now) and await self._warn(
-                            s, row, owners[row.owner_id], deadline, now):
-                        report.warned.append((row.uid, deadline.kind))
+                select(User).where(User.id.in_({r.owner_id for r, _ in due})))).all()} \
+                if due else {}
+            for row, deadline in due:
+                if await self._warn(s, row, owners[row.owner_id], deadline, now):
+                    report.warned.append((row.uid, deadline.kind))
             await self._cancel_outdated(s, now, report)
             await s.commit()
         report.sent = await self.deliver()
@@ -226,11 +231,26 @@ class LifetimeService:
 
     async def _cancel_outdated(self, s: AsyncSession, now: dt.datetime,
                                report: WarnReport) -> None:
-        """Warnings whose deadline no longer holds: the deletion they announced is off."""
+        """Warnings whose deadline no longer holds: the deletion they announced is off.
+
+        SQL picks the candidates - lifetime warnings whose termination date changed,
+        inactivity warnings of instances used since about the time of the warning (a day
+        of margin covers activity flushed late) - and each is decided exactly below. An
+        inactivity limit changed by a role change alone is not a candidate: that warning
+        stays, but expiry only acts on a warning of the current deadline, so the owner is
+        warned again before anything is deleted.
+        """
+        since = func.coalesce(Instance.last_seen_at, Instance.activated_at,
+                              Instance.created_at)
         pending = (await s.scalars(
             select(Notification).join(Instance, Instance.id == Notification.instance_id)
-            .where(LIVE, Notification.kind.in_(list(WARN.values())),
-                   Notification.cancelled_at.is_(None)))).all()
+            .where(LIVE, Notification.cancelled_at.is_(None), or_(
+                and_(Notification.kind == WARN["lifetime"],
+                     or_(Instance.termination_date.is_(None),
+                         Instance.termination_date != Notification.deadline)),
+                and_(Notification.kind == WARN["inactivity"],
+                     since > Notification.created_at - dt.timedelta(days=1))))
+        )).all()
         if not pending:
             return
         rows = {r.id: r for r in await self._rows(
@@ -284,55 +304,68 @@ class LifetimeService:
                     break
                 log.info("%s is past its %s deadline but its owner was not warned yet: "
                          "warning first", row.uid, deadline.kind)
-        deleted = []
-        for row, deadline in due:
-            try:
-                if await self._delete(row.id, deadline, now,
-                                      warned[(row.id, WARN[deadline.kind], deadline.at)]):
-                    deleted.append(row.uid)
-                    self.on_delete(row.uid)
-            except Exception:
-                log.exception("expiring %s failed (retried by the next sweep)", row.uid)
+        if not due:
+            return []
+        try:
+            deleted = await self._delete(due, warned, now)
+        except Exception:
+            log.exception("expiring %d instances failed (retried by the next sweep)", len(due))
+            return []
+        for uid in deleted:
+            self.on_delete(uid)
         if deleted:
             log.info("expired: %s", ", ".join(deleted))
         return deleted
 
-    async def _delete(self, instance_id: int, deadline: Deadline, now: dt.datetime,
-                      warning: Notification) -> bool:
+    async def _delete(self, due: list[tuple[Row, Deadline]],
+                      warned: dict[tuple[int, str, dt.datetime], Notification],
+                      now: dt.datetime) -> list[str]:
+        """Mark ``due`` for deletion in one transaction, deciding again on the locked
+        rows (activity flushed or an extension accepted since the first read wins)."""
+        wanted = {row.id: deadline for row, deadline in due}
         async with self.db.session() as s:
             await begin_write(s)
-            instance = await s.scalar(select(Instance).where(Instance.id == instance_id)
-                                      .with_for_update(of=Instance))
-            if instance is None or instance.target is Target.DELETED:
-                return False
-            # Decide again on the locked row: activity flushed or an extension accepted
-            # since the read above wins.
-            row = (await self._rows(s, Instance.id == instance_id))
-            if not row or not any(d.kind == deadline.kind and d.at == deadline.at
-                                  and d.passed(now) for d in row[0].deadlines(self.policy)):
-                return False
-            instance.target = Target.DELETED
-            since = row[0].last_seen_at or row[0].activated_at or row[0].created_at
-            why = ("lifetime ended" if deadline.kind == "lifetime" else
-                   f"unused since {since:%Y-%m-%d %H:%M} UTC")
-            s.add(InstanceEvent(instance_id=instance.id, kind="expired", created_at=now,
-                                detail=f"deleted by Atrium: {why} (deadline "
-                                       f"{deadline.at:%Y-%m-%d %H:%M} UTC)"))
+            locked = set((await s.scalars(
+                select(Instance.id).where(Instance.id.in_(list(wanted)),
+                                          Instance.target != Target.DELETED)
+                .with_for_update(of=Instance))).all())
+            rows = {r.id: r for r in await self._rows(s, Instance.id.in_(locked))} \
+                if locked else {}
+            still = [(rows[i], d) for i, d in wanted.items() if i in rows and any(
+                c.kind == d.kind and c.at == d.at and c.passed(now)
+                for c in rows[i].deadlines(self.policy))]
+            if not still:
+                return []
+            ids = [row.id for row, _ in still]
+            await s.execute(update(Instance).where(Instance.id.in_(ids))
+                            .values(target=Target.DELETED)
+                            .execution_options(synchronize_session=False))
             await s.execute(update(ExtensionRequest).where(
-                ExtensionRequest.instance_id == instance.id,
+                ExtensionRequest.instance_id.in_(ids),
                 ExtensionRequest.status == ExtensionStatus.PENDING).values(
                 status=ExtensionStatus.CANCELLED, decided_at=now,
                 comment="the instance was deleted before a decision"))
-            owner = await s.get(User, instance.owner_id)
-            await notify.enqueue(
-                s, self.mailer, key=f"deleted:{instance.id}", kind="deleted",
-                template="deleted", now=now, user=owner, instance_id=instance.id,
-                deadline=deadline.at,
-                context=dict(name=instance.name, owner=owner.label if owner else "",
-                             kind=deadline.kind, at=deadline.at, warned_at=warning.created_at,
-                             since=since, portal=self.url("/")))
+            owners = {u.id: u for u in (await s.scalars(
+                select(User).where(User.id.in_({row.owner_id for row, _ in still})))).all()}
+            for row, deadline in still:
+                since = row.last_seen_at or row.activated_at or row.created_at
+                why = ("lifetime ended" if deadline.kind == "lifetime" else
+                       f"unused since {since:%Y-%m-%d %H:%M} UTC")
+                s.add(InstanceEvent(instance_id=row.id, kind="expired", created_at=now,
+                                    detail=f"deleted by Atrium: {why} (deadline "
+                                           f"{deadline.at:%Y-%m-%d %H:%M} UTC)"))
+                owner = owners.get(row.owner_id)
+                warning = warned[(row.id, WARN[deadline.kind], deadline.at)]
+                await notify.enqueue(
+                    s, self.mailer, key=f"deleted:{row.id}", kind="deleted",
+                    template="deleted", now=now, user=owner, instance_id=row.id,
+                    deadline=deadline.at,
+                    context=dict(name=row.name, owner=owner.label if owner else "",
+                                 kind=deadline.kind, at=deadline.at,
+                                 warned_at=warning.created_at, since=since,
+                                 portal=self.url("/")))
             await s.commit()
-        return True
+        return [row.uid for row, _ in still]
 
     # --- what pages show --------------------------------------------------------------
 

@@ -193,6 +193,24 @@ async def consume_pending(session: AsyncSession, state: str) -> PendingLogin | N
 # --- users from the provider ----------------------------------------------------------
 
 
+async def set_managed_roles(session: AsyncSession, user_id: int, roles: set[Role],
+                            managed_roles: set[Role]) -> bool:
+    """Make the roles the provider manages follow ``roles`` (as at login, see
+    :func:`upsert_user`); the others stay as admins set them. True when something changed."""
+    user = await session.get(User, user_id)
+    if user is None:
+        return False
+    held = {r.role for r in user.roles}
+    wanted = (held - managed_roles) | (roles & managed_roles)
+    if wanted == held:
+        return False
+    for role in sorted(wanted - held):
+        user.roles.append(UserRole(role=role))
+    user.roles = [r for r in user.roles if r.role in wanted]
+    await session.flush()
+    return True
+
+
 class IdentityConflict(Exception):
     """The login cannot be tied to an Atrium account without an administrator."""
 
@@ -278,22 +296,6 @@ async def _sync_roles_groups(session: AsyncSession, user: User, identity: UserId
     for group in sorted(current - have):
         session.add(UserGroup(user_id=user.id, name=group))
     identity.groups = sorted(current)
-
-
-async def follow_provider(session: AsyncSession, *, issuer: str, subject: str,
-                          groups: list[str], roles: set[Role],
-                          managed_roles: set[Role]) -> set[Role]:
-    """Apply what the provider says now (at a provider check, between logins): the managed
-    roles and the provider's groups follow it. Returns the roles the user lost."""
-    identity = await session.get(UserIdentity, (issuer, subject))
-    if identity is None:
-        return set()
-    user = await session.get(User, identity.user_id)
-    assert user is not None
-    before = {r.role for r in user.roles}
-    await _sync_roles_groups(session, user, identity, groups, roles, managed_roles)
-    await session.flush()
-    return before - {r.role for r in user.roles}
 
 
 async def deprovision(session: AsyncSession, user_id: int,

@@ -9,7 +9,12 @@ next process picks up where the last one stopped:
   instance that is not at rest, and deletes resources that belong to no live instance;
 * :meth:`kick` re-drives one instance at once (after an API call);
 * work for one instance is serialised (one task per uid); a kick during a long wait makes
-  the task look at the database again.
+  the task look at the database again;
+* an instance whose backend this process does not configure and that needs work (a launch,
+  a stop, a deletion) is UNAVAILABLE ("the X backend is not configured") and left alone by
+  the sweep: nothing can be done for it here, and retrying every sweep would only repeat
+  that (instances at rest keep their last observed state). Once the backend is configured
+  again the sweep drives it as usual (created if it never got resources, observed otherwise).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from orchestrator import metrics
 from orchestrator.db import Database
 from orchestrator.models import (
     Instance,
@@ -52,6 +58,11 @@ AT_REST = {
     Target.STOPPED: {S.STOPPED, S.ERROR},
     Target.DELETED: {S.DELETED},
 }
+
+
+def unavailable_reason(backend: str) -> str:
+    """The reason an instance of a backend this process does not configure carries."""
+    return f"the {backend} backend is not configured"
 
 
 @dataclass
@@ -157,7 +168,13 @@ class Reconciler:
             report.instances += 1
             live.setdefault(backend, set()).add(uid)
             if backend not in managed and status in AT_REST[target] and not reboot:
-                continue  # provider unreachable: nothing to compare with
+                continue  # provider unreachable or not configured: nothing to compare with
+            quiet = uid not in self._tasks and (updated_at is None or updated_at < quiet_since)
+            if backend not in self.backends:
+                if status is not S.UNAVAILABLE and quiet:
+                    report.kicked += 1
+                    self.kick(uid)  # once: it becomes UNAVAILABLE and is left alone
+                continue
             seen = managed.get(backend, {}).get(uid)
             vanished = status in (S.ACTIVE, S.PARTIALLY_ACTIVE) and (
                 seen is None or seen.state is not ResourceState.RUNNING)
@@ -167,7 +184,7 @@ class Reconciler:
                 status is S.ACTIVE and seen is not None and seen.processes is not None
                 and not set(ready.get(uid, ())) <= seen.processes)
             if reboot or status not in AT_REST[target] or vanished or degraded:
-                if uid not in self._tasks and (updated_at is None or updated_at < quiet_since):
+                if quiet:
                     report.kicked += 1
                     self.kick(uid)
         for name, resources in managed.items():
@@ -179,6 +196,7 @@ class Reconciler:
                 except Exception:
                     log.exception("could not delete orphan %s", uid)
         report.seconds = time.monotonic() - started
+        metrics.RECONCILE_SECONDS.observe(report.seconds)
         return report
 
     # --- one instance -----------------------------------------------------------------
@@ -194,13 +212,24 @@ class Reconciler:
     async def _set(self, instance: Instance, event: str = "", detail: str = "",
                    **values: Any) -> None:
         values.setdefault("updated_at", utcnow())
+        never_active = instance.activated_at is None
         async with self.db.session() as s:
+            if event == "active" and never_active:
+                # Two replicas may drive one instance: the one whose write sets activated_at
+                # counts the launch in the metrics.
+                first = await s.execute(
+                    update(Instance).where(Instance.id == instance.id,
+                                           Instance.activated_at.is_(None))
+                    .values(activated_at=values.get("activated_at") or utcnow()))
+                never_active = first.rowcount == 1  # type: ignore[attr-defined]
             await s.execute(update(Instance).where(Instance.id == instance.id).values(**values))
             if event:
                 s.add(InstanceEvent(instance_id=instance.id, kind=event, detail=detail[:2000]))
             await s.commit()
         for key, value in values.items():
             setattr(instance, key, value)
+        if event:
+            metrics.instance_changed(instance, event, never_active)
         self.on_change(instance.uid)
 
     async def _step(self, uid: str) -> None:
@@ -212,9 +241,11 @@ class Reconciler:
             return
         backend = self.backends.get(instance.backend)
         if backend is None:
-            if instance.status is not S.ERROR:
-                await self._set(instance, "error", status=S.ERROR, progress="",
-                                status_reason=f"the {instance.backend} backend is not enabled")
+            if instance.status is not S.UNAVAILABLE:
+                reason = unavailable_reason(instance.backend)
+                log.warning("%s: %s", uid, reason)
+                await self._set(instance, "unavailable", reason, status=S.UNAVAILABLE,
+                                progress="", status_reason=reason)
             return
         spec = spec_for(instance, secret)
         try:
@@ -267,7 +298,7 @@ class Reconciler:
             state = await backend.reboot(spec, instance.backend_state,
                                          self._checkpoint(instance))
             await self._set(instance, backend_state=state, status=S.STARTING)
-        elif status is S.BUILDING:
+        elif status is S.BUILDING or (status is S.UNAVAILABLE and not instance.backend_state):
             await self._set(instance, progress="Creating the session")
             state = await backend.create(spec, self._checkpoint(instance))
             await self._set(instance, backend_state=state, status=S.STARTING,

@@ -10,10 +10,14 @@ start-up and raises :class:`SettingsError` naming the variable and what was expe
 | ATRIUM_DATABASE_URL | sqlite in STATE_DIR | SQLAlchemy URL (sqlite:///..., postgresql://...) |
 | ATRIUM_HOST / ATRIUM_PORT | 127.0.0.1 / 8000 | where the portal listens |
 | ATRIUM_PUBLIC_URL | http://HOST:PORT | the URL users reach (origin checks, links) |
+| ATRIUM_SESSION_ORIGINS | subdomain | `subdomain`: instances at origins of their own (9); `path` |
+| ATRIUM_SESSIONS_DOMAIN | sessions.localhost | instance UID is served at `UID.<this>[:port]` (9) |
+| ATRIUM_ALLOWED_HOSTS | (none) | the portal's names besides PUBLIC_URL's, comma separated (9) |
 | ATRIUM_COOKIE_SECRET | generated in demo mode | signs session cookies; required otherwise |
 | ATRIUM_DEMO_MODE | false | enables the development login (demo users, no password) |
 | ATRIUM_DEPLOYMENT_ID | atrium | labels every backend resource; one per installation |
-| ATRIUM_BACKENDS | local | enabled backends, comma separated |
+| ATRIUM_BACKENDS | local | enabled backends, comma separated (`fake`: benchmarks/tests only) |
+| ATRIUM_CACHE_TTL | 10 | seconds caches keep facts (a safety net: changes are announced) |
 | ATRIUM_RECONCILE_INTERVAL | 10 | seconds between full reconcile passes |
 | ATRIUM_START_TIMEOUT | 180 | seconds a session may take to answer before ERROR |
 | ATRIUM_EXPERIMENTS_FILE | (none) | YAML/CSV experiment catalogue to sync from |
@@ -23,20 +27,22 @@ start-up and raises :class:`SettingsError` naming the variable and what was expe
 | ATRIUM_DEFAULT_QUOTA | 2 | instances a user may own at once when no quota policy sets it |
 | ATRIUM_LOCAL_PYTHON | this interpreter | the Python that runs local JupyterLab sessions |
 | ATRIUM_SDK_THREADS | 8 | threads for blocking SDK calls |
+| ATRIUM_FAKE_ENDPOINT | (nowhere) | fake backend only: the URL its "sessions" answer at |
 | ATRIUM_K8S_NAMESPACE | atrium | namespace of session pods (kubernetes backend) |
 | ATRIUM_K8S_KUBECONFIG | in-cluster/default | kubeconfig file of the cluster |
 | ATRIUM_K8S_CONTEXT | current | kubeconfig context |
 | ATRIUM_K8S_USE_SERVICE | false | reach sessions through a Service per instance |
 | ATRIUM_OS_CLOUD | (none) | clouds.yaml entry of the OpenStack backend (credentials there) |
 | ATRIUM_OS_NETWORKS | (nova decides) | networks of session servers, comma separated |
-| ATRIUM_OS_SECURITY_GROUPS | (none) | more security groups of every session server (7) |
+| ATRIUM_OS_SECURITY_GROUPS | (none) | more security groups of every session server (10) |
 | ATRIUM_OS_FLOATING_NETWORK | (none) | give each server a floating IP from this network |
+| ATRIUM_OS_BOOT_CONFIG | (none: NFS 4) | YAML: VM data mount templates (openstack_boot_config.py) |
 | ATRIUM_K8S_POD_CONFIG | (none) | YAML shaping session pods (spawners/k8s_config.py) |
 | ATRIUM_SESSION_LIFETIME | 604800 | seconds a login lasts at most (then log in again) |
 | ATRIUM_SESSION_IDLE_TIMEOUT | 86400 | seconds without a request after which a login ends |
 | ATRIUM_TOKEN_DEFAULT_DAYS | 90 | days an API token lives when its creator gives no lifetime |
 | ATRIUM_TOKEN_MAX_DAYS | 365 | the longest lifetime a token may be given (all expire) |
-| ATRIUM_OS_PORTAL_CIDRS | (none: 0.0.0.0/0) | where the portal reaches OpenStack VMs from (7) |
+| ATRIUM_OS_PORTAL_CIDRS | (none: 0.0.0.0/0) | where the portal reaches OpenStack VMs from (10) |
 | ATRIUM_OS_FLAVOUR_SECURITY_GROUPS | (none) | more groups per flavour ref: `ref=group,group;...` |
 | ATRIUM_OS_INSTRUMENT_SECURITY_GROUPS | (none) | more groups per instrument: `LOKI=group;...` |
 | ATRIUM_OIDC_ISSUER | (none: OIDC off) | the OpenID Connect provider's issuer URL (1) |
@@ -50,8 +56,8 @@ start-up and raises :class:`SettingsError` naming the variable and what was expe
 | ATRIUM_OIDC_ROLE_GROUPS | (none) | groups granting roles: `ROLE=group,group;ROLE=group` (2) |
 | ATRIUM_OIDC_RECHECK_INTERVAL | 300 | seconds between checks that the provider session lives (3) |
 | ATRIUM_OIDC_LABEL | Log in with your facility account | the login button's text |
-| ATRIUM_OIDC_LINK_UNCLAIMED | true | a first login may claim a never-used account (8) |
-| ATRIUM_OIDC_DEPROVISIONED | "User disabled"... | refusal meaning "account gone" (9) |
+| ATRIUM_OIDC_LINK_UNCLAIMED | true | a first login may claim a never-used account (11) |
+| ATRIUM_OIDC_DEPROVISIONED | "User disabled"... | refusal meaning "account gone" (12) |
 | ATRIUM_LIFETIME_DAYS | 14; staff roles 60 (4) | days an instance lives (4) |
 | ATRIUM_FLAVOUR_LIFETIME_DAYS | (none) | per-flavour cap on the lifetime: `flavour=days;...` (4) |
 | ATRIUM_INACTIVITY_DAYS | 4; staff roles 8 (4) | days unused after which it is deleted (4) |
@@ -67,6 +73,12 @@ start-up and raises :class:`SettingsError` naming the variable and what was expe
 | ATRIUM_SMTP_FROM | atrium@localhost | the sender of notifications |
 | ATRIUM_SMTP_STARTTLS | false | upgrade the connection with STARTTLS |
 | ATRIUM_SMTP_USERNAME / _PASSWORD | (none) | mail server login (or SMTP_PASSWORD_FILE) |
+| ATRIUM_MAX_BODY, ... | see settings_limits.py | resource bounds: bodies, timeouts, connections |
+| ATRIUM_LOG_FORMAT | text | `text`, or `json`: one JSON object per line (log collectors) |
+| ATRIUM_METRICS_PORT | 0 (off) | serve Prometheus `/metrics` on this port (not the portal's) (7) |
+| ATRIUM_METRICS_TOKEN | (none) | when set, `/metrics` asks for `Authorization: Bearer TOKEN` |
+| ATRIUM_SHUTDOWN_GRACE | 25 | seconds SIGTERM may take: drain, close WebSockets, flush (8) |
+| ATRIUM_SHUTDOWN_DRAIN | 0 | seconds to keep serving, not ready, before closing (8) |
 
 (1) https, or http on loopback only; discovery at ISSUER/.well-known/openid-configuration.
 Register ``PUBLIC_URL/login/oidc/callback`` as the client's redirect URI,
@@ -87,15 +99,31 @@ lifetime. Inactivity 0: never deleted for inactivity.
 accepted at once (a bare number: for everyone).
 (6) With several Atrium processes on one database, the lease holder runs the scheduled
 jobs (expiry, warnings, reconcile sweep); another takes over when it stops renewing.
-(7) Comma separated CIDRs. Each server gets its own security group admitting these
+(7) A port of its own, so the ingress that publishes the portal never publishes the metrics
+(web/metrics.py); bind it with ATRIUM_HOST's address.
+(8) On SIGTERM the readiness probe (`/readyz`) fails at once; after DRAIN seconds (time for
+the load balancer to notice) the portal stops accepting, asks open WebSockets to reconnect
+elsewhere (close code 1001), flushes activity and hands over the scheduler lease, all within
+GRACE seconds (keep it below the pod's terminationGracePeriodSeconds).
+(9) `subdomain` (the default): instance UID at `<scheme>://UID.<SESSIONS_DOMAIN>`, with
+PUBLIC_URL's scheme, and its port unless SESSIONS_DOMAIN names one. Requests for any other
+name than those, PUBLIC_URL's, ALLOWED_HOSTS and IP literals are refused (DNS rebinding).
+Content in a session (notebook output, a replaced server) is written by its owner and
+members; served from the portal's origin it would act as whoever opens it. In `subdomain`
+mode the portal hands the browser a one-time ticket that the instance's host trades for a
+cookie valid there alone. Point a wildcard DNS name (and certificate) at the portal, ideally
+under another registrable domain than PUBLIC_URL's (`*.sessions.localhost` needs no DNS:
+browsers resolve it to loopback). `path` keeps every session on the portal's origin: only
+for set-ups where one person uses Atrium.
+(10) Comma separated CIDRs. Each server gets its own security group admitting these
 addresses on its session ports (JupyterLab, desktop) and nothing else; set it to the
 portal's egress address(es).
-(8) Accounts are linked to the provider by its (issuer, subject), never by username alone:
+(11) Accounts are linked to the provider by its (issuer, subject), never by username alone:
 a first login whose username belongs to an account that was used (logged in) or is linked
 elsewhere is refused; an admin links it with `atrium user link`. A never-used account (made
 by the experiment sync from the user office, whose usernames are the provider's) is claimed
 by the first login of its username unless this is false.
-(9) When the provider refuses a refresh with a message matching this, the user was
+(12) When the provider refuses a refresh with a message matching this, the user was
 disabled or deleted there: every login and API token of theirs is revoked and the roles the
 provider manages are dropped. Other refusals (the provider session ended) end that login
 alone.
@@ -111,6 +139,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from orchestrator.settings_limits import Limits, load_limits
 
 # The default lifetime rules (4): staff roles get longer.
 _STAFF_ROLES = ("STAFF", "ADMIN", "SUPPORT", "INSTRUMENT_SCIENTIST")
@@ -139,6 +169,7 @@ class Settings:
     deployment_id: str = "atrium"
     backends: tuple[str, ...] = ("local",)
     reconcile_interval: float = 10.0
+    cache_ttl: float = 10.0
     start_timeout: float = 180.0
     experiments_file: Path | None = None
     experiments_sql_url: str = ""
@@ -147,6 +178,7 @@ class Settings:
     default_quota: int = 2
     local_python: str = sys.executable
     sdk_threads: int = 8
+    fake_endpoint: str = ""
     k8s_namespace: str = "atrium"
     k8s_kubeconfig: str = ""
     k8s_context: str = ""
@@ -155,6 +187,7 @@ class Settings:
     os_networks: tuple[str, ...] = ()
     os_security_groups: tuple[str, ...] = ()
     os_floating_network: str = ""
+    os_boot_config: Path | None = None
     k8s_pod_config: Path | None = None
     session_lifetime: float = 7 * 86400.0
     session_idle_timeout: float = 86400.0
@@ -194,6 +227,15 @@ class Settings:
     smtp_starttls: bool = False
     smtp_username: str = ""
     smtp_password: str = field(default="", repr=False)
+    session_origins: str = "subdomain"  # or "path" (see (9))
+    sessions_domain: str = ""  # host[:port] under which <uid>.<domain> serves an instance
+    allowed_hosts: tuple[str, ...] = ()
+    limits: Limits = field(default_factory=Limits)  # settings_limits.py
+    log_format: str = "text"
+    metrics_port: int = 0
+    metrics_token: str = field(default="", repr=False)
+    shutdown_grace: float = 25.0
+    shutdown_drain: float = 0.0
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -305,7 +347,7 @@ def load_settings(env: dict[str, str] | None = None, **overrides: object) -> Set
     host = env.get("ATRIUM_HOST", "127.0.0.1")
     port = _port(env, "ATRIUM_PORT", 8000)
     backends = tuple(b.strip() for b in env.get("ATRIUM_BACKENDS", "local").split(",") if b.strip())
-    unknown = set(backends) - {"local", "kubernetes", "openstack"}
+    unknown = set(backends) - {"local", "kubernetes", "openstack", "fake"}
     if unknown or not backends:
         raise SettingsError(
             f"ATRIUM_BACKENDS={env.get('ATRIUM_BACKENDS')!r}: choose among local, kubernetes, "
@@ -339,6 +381,7 @@ def load_settings(env: dict[str, str] | None = None, **overrides: object) -> Set
         deployment_id=deployment_id,
         backends=backends,
         reconcile_interval=_number(env, "ATRIUM_RECONCILE_INTERVAL", 10.0, minimum=0.1),
+        cache_ttl=_number(env, "ATRIUM_CACHE_TTL", 10.0, minimum=0.0),
         start_timeout=_number(env, "ATRIUM_START_TIMEOUT", 180.0, minimum=1),
         experiments_file=Path(experiments_file) if experiments_file else None,
         experiments_sql_url=env.get("ATRIUM_EXPERIMENTS_SQL_URL", ""),
@@ -347,6 +390,7 @@ def load_settings(env: dict[str, str] | None = None, **overrides: object) -> Set
         default_quota=int(_number(env, "ATRIUM_DEFAULT_QUOTA", 2)),
         local_python=env.get("ATRIUM_LOCAL_PYTHON") or sys.executable,
         sdk_threads=int(_number(env, "ATRIUM_SDK_THREADS", 8, minimum=1)),
+        fake_endpoint=env.get("ATRIUM_FAKE_ENDPOINT", ""),
         k8s_namespace=env.get("ATRIUM_K8S_NAMESPACE", "atrium"),
         k8s_kubeconfig=env.get("ATRIUM_K8S_KUBECONFIG", ""),
         k8s_context=env.get("ATRIUM_K8S_CONTEXT", ""),
@@ -356,6 +400,7 @@ def load_settings(env: dict[str, str] | None = None, **overrides: object) -> Set
         # Not Neutron's "default" group: it admits every other server of the project.
         os_security_groups=_list(env, "ATRIUM_OS_SECURITY_GROUPS", ()),
         os_floating_network=env.get("ATRIUM_OS_FLOATING_NETWORK", ""),
+        os_boot_config=_file(env, "ATRIUM_OS_BOOT_CONFIG"),
         k8s_pod_config=_file(env, "ATRIUM_K8S_POD_CONFIG"),
         session_lifetime=_number(env, "ATRIUM_SESSION_LIFETIME", 7 * 86400.0, minimum=1),
         session_idle_timeout=_number(env, "ATRIUM_SESSION_IDLE_TIMEOUT", 86400.0, minimum=1),
@@ -363,12 +408,36 @@ def load_settings(env: dict[str, str] | None = None, **overrides: object) -> Set
         **_os_groups(env),
         **_oidc(env),
         **_lifetime(env),
+        **_origins(env, env.get("ATRIUM_PUBLIC_URL") or f"http://{host}:{port}"),
+        limits=load_limits(env),
+        **_production(env),
     )
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
 
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+def _origins(env: dict[str, str], public_url: str) -> dict[str, object]:
+    """Where instances are served (9): their mode, domain and the portal's other names."""
+    mode = env.get("ATRIUM_SESSION_ORIGINS", "subdomain").strip().lower() or "subdomain"
+    if mode not in ("subdomain", "path"):
+        raise SettingsError(f"ATRIUM_SESSION_ORIGINS={mode!r}: expected subdomain or path")
+    domain = env.get("ATRIUM_SESSIONS_DOMAIN", "").strip().lower().strip(".")
+    name, _, port = (domain or "sessions.localhost").partition(":")
+    if not all(part.replace("-", "").isalnum() for part in name.split(".")) or (
+            port and not port.isdigit()):
+        raise SettingsError(f"ATRIUM_SESSIONS_DOMAIN={domain!r}: expected a DNS name, "
+                            "optionally with :port")
+    if not port and urlsplit(public_url).port:
+        port = str(urlsplit(public_url).port)
+    hosts = tuple(h.lower() for h in _list(env, "ATRIUM_ALLOWED_HOSTS", ()))
+    if any(not h.replace("-", "").replace(".", "").isalnum() for h in hosts):
+        raise SettingsError(f"ATRIUM_ALLOWED_HOSTS={','.join(hosts)!r}: expected host names "
+                            "without port, comma separated")
+    return dict(session_origins=mode, sessions_domain=f"{name}:{port}" if port else name,
+                allowed_hosts=hosts)
 
 
 def _oidc(env: dict[str, str]) -> dict[str, object]:
@@ -486,6 +555,22 @@ def _lifetime(env: dict[str, str]) -> dict[str, object]:
         smtp_starttls=_bool(env, "ATRIUM_SMTP_STARTTLS", False),
         smtp_username=env.get("ATRIUM_SMTP_USERNAME", ""),
         smtp_password=password,
+    )
+
+
+def _production(env: dict[str, str]) -> dict[str, object]:
+    """Logs, metrics and shutdown (7, 8)."""
+    log_format = env.get("ATRIUM_LOG_FORMAT", "text").strip().lower() or "text"
+    if log_format not in ("text", "json"):
+        raise SettingsError(f"ATRIUM_LOG_FORMAT={log_format!r}: expected text or json")
+    metrics_port = env.get("ATRIUM_METRICS_PORT", "")
+    return dict(
+        log_format=log_format,
+        metrics_port=_port(env, "ATRIUM_METRICS_PORT", 0) if metrics_port not in ("", "0")
+        else 0,
+        metrics_token=_secret(env, "ATRIUM_METRICS_TOKEN"),
+        shutdown_grace=_number(env, "ATRIUM_SHUTDOWN_GRACE", 25.0),
+        shutdown_drain=_number(env, "ATRIUM_SHUTDOWN_DRAIN", 0.0),
     )
 
 

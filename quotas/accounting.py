@@ -14,6 +14,7 @@ same total; instances without experiments are counted under ``(none)``.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import datetime as dt
 import io
@@ -24,7 +25,17 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from orchestrator.errors import RequestError
-from orchestrator.models import Experiment, Instance, InstanceEvent, utcnow
+from orchestrator.models import (
+    Experiment,
+    Flavour,
+    Instance,
+    InstanceEvent,
+    InstanceExperiment,
+    Instrument,
+    Plan,
+    User,
+    utcnow,
+)
 
 STARTS = frozenset({"active", "partially-active"})
 ENDS = frozenset({"stopped", "deleted", "error"})
@@ -144,11 +155,16 @@ class UsageReport:
         return out.getvalue()
 
 
+CHUNK = 2000  # instances per events query; the event loop runs other work in between
+
+
 async def account(session: AsyncSession, *, since: dt.datetime | None = None,
                   until: dt.datetime | None = None, now: Clock = utcnow) -> UsageReport:
     """Usage in [since, until) (``until`` defaults to, and never goes past, ``now()``).
 
-    Times are naive UTC, as stored.
+    Times are naive UTC, as stored. The window may hold every instance ever created, so it
+    reads plain columns (no ORM objects) and the events a chunk of instances at a time,
+    yielding to the event loop between chunks: a report never stalls the proxy.
     """
     current = now()
     until = min(until or current, current)
@@ -156,30 +172,48 @@ async def account(session: AsyncSession, *, since: dt.datetime | None = None,
     window = [Instance.created_at < until]
     if since is not None:
         window.append(Instance.deleted_at.is_(None) | (Instance.deleted_at >= since))
-    instances = {i.id: i for i in (await session.scalars(select(Instance).where(*window)))}
-    if not instances:
+    sizes = {row[0]: tuple(row[1:]) for row in await session.execute(
+        select(Instance.id, Instance.uid, User.username, Flavour.cpus, Flavour.gpus,
+               Flavour.memory_mb)
+        .join(User, User.id == Instance.owner_id).join(Plan, Plan.id == Instance.plan_id)
+        .join(Flavour, Flavour.id == Plan.flavour_id).where(*window))}
+    if not sizes:
         return report
-    events: dict[int, list[tuple[dt.datetime, str]]] = {i: [] for i in instances}
-    # A join rather than a list of ids: the window may hold many instances.
-    rows = await session.execute(
-        select(InstanceEvent.instance_id, InstanceEvent.created_at, InstanceEvent.kind)
-        .join(Instance, Instance.id == InstanceEvent.instance_id)
-        .where(*window, InstanceEvent.kind.in_(STARTS | ENDS),
-               InstanceEvent.created_at < until)
-        .order_by(InstanceEvent.instance_id, InstanceEvent.created_at, InstanceEvent.id))
-    for instance_id, at, kind in rows:
-        events.setdefault(instance_id, []).append((at, kind))
-    for instance_id, instance in instances.items():
-        hours = clip(running_intervals(events[instance_id], now=until), since, until)
-        if hours <= 0:
-            continue
-        flavour = instance.plan.flavour
-        size = (flavour.cpus, flavour.gpus, flavour.memory_mb)
-        report.add("user", instance.owner.username, instance.uid, hours, *size)
-        experiments: list[Experiment | None] = list(instance.experiments) or [None]
-        share = hours / len(experiments)
-        for e in experiments:
-            report.add("experiment", e.proposal if e else NONE, instance.uid, share, *size)
-            instrument = e.instrument.name if e and e.instrument else NONE
-            report.add("instrument", instrument, instance.uid, share, *size)
+    experiments: dict[int, list[tuple[str, str]]] = {}
+    for instance_id, proposal, instrument in await session.execute(
+            select(InstanceExperiment.instance_id, Experiment.proposal, Instrument.name)
+            .join(Experiment, Experiment.id == InstanceExperiment.experiment_id)
+            .outerjoin(Instrument, Instrument.id == Experiment.instrument_id)
+            .join(Instance, Instance.id == InstanceExperiment.instance_id).where(*window)):
+        experiments.setdefault(instance_id, []).append((proposal, instrument or NONE))
+    ids = sorted(sizes)
+    for start in range(0, len(ids), CHUNK):
+        await asyncio.sleep(0)  # let requests in between chunks
+        lo, hi = ids[start], ids[min(start + CHUNK, len(ids)) - 1]
+        events: dict[int, list[tuple[dt.datetime, str]]] = {}
+        for instance_id, at, kind in await session.execute(
+                select(InstanceEvent.instance_id, InstanceEvent.created_at, InstanceEvent.kind)
+                .where(InstanceEvent.instance_id.between(lo, hi),
+                       InstanceEvent.kind.in_(STARTS | ENDS), InstanceEvent.created_at < until)
+                .order_by(InstanceEvent.instance_id, InstanceEvent.created_at,
+                          InstanceEvent.id)):
+            if instance_id in sizes:
+                events.setdefault(instance_id, []).append((at, kind))
+        for instance_id, happened in events.items():
+            _add(report, sizes[instance_id], experiments.get(instance_id, []),
+                 clip(running_intervals(happened, now=until), since, until))
     return report
+
+
+def _add(report: UsageReport, size: tuple[object, ...], experiments: list[tuple[str, str]],
+         hours: float) -> None:
+    if hours <= 0:
+        return
+    uid, owner, cpus, gpus, memory_mb = size
+    args = (uid, cpus, gpus, memory_mb)
+    report.add("user", str(owner), uid, hours, *args[1:])
+    shares = experiments or [(NONE, NONE)]
+    share = hours / len(shares)
+    for proposal, instrument in shares:
+        report.add("experiment", proposal, uid, share, *args[1:])
+        report.add("instrument", instrument, uid, share, *args[1:])

@@ -66,12 +66,16 @@ async def usage_of(session: AsyncSession, user_id: int) -> Usage:
     return _usage(tuple(row))
 
 
-async def usage_by_owner(session: AsyncSession) -> dict[int, Usage]:
-    """Live use of every user who has some, by user id (admin overview)."""
-    rows = await session.execute(
-        select(Instance.owner_id, *_sums()).select_from(Instance)
-        .join(Plan, Plan.id == Instance.plan_id).join(Flavour, Flavour.id == Plan.flavour_id)
-        .where(live()).group_by(Instance.owner_id))
+async def usage_by_owner(session: AsyncSession, owners: Iterable[int] | None = None
+                         ) -> dict[int, Usage]:
+    """Live use by user id of every user who has some, or of ``owners`` (admin overview)."""
+    query = (select(Instance.owner_id, *_sums()).select_from(Instance)
+             .join(Plan, Plan.id == Instance.plan_id)
+             .join(Flavour, Flavour.id == Plan.flavour_id)
+             .where(live()).group_by(Instance.owner_id))
+    if owners is not None:
+        query = query.where(Instance.owner_id.in_(list(owners)))
+    rows = await session.execute(query)
     return {owner: _usage(rest) for owner, *rest in rows}
 
 

@@ -17,14 +17,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from orchestrator.errors import RequestError
 from orchestrator.lifecycle import record
 from orchestrator.models import (
+    Experiment,
     Instance,
+    InstanceExperiment,
     InstanceMember,
     InstanceStatus,
+    Instrument,
     MemberRole,
     Role,
     User,
     utcnow,
 )
+from orchestrator.paging import Page, count
 from sharing.access import access_of, principal_for
 from sharing.models import AccessRequest, Invitation, RequestStatus
 from sharing.policy import Action, Principal, authorize
@@ -88,8 +92,15 @@ async def add_member(session: AsyncSession, actor: User, instance: Instance, who
     return member
 
 
+def read_secrets(before: MemberRole | None, after: MemberRole | None) -> bool:
+    """Did a member lose the access through which they could read the instance's secrets
+    (a USER runs code in the session; a GUEST only watches)? Then rotate them."""
+    return before is MemberRole.USER and after is not MemberRole.USER
+
+
 async def change_role(session: AsyncSession, actor: User, instance: Instance, username: str,
-                      role: object) -> None:
+                      role: object) -> MemberRole:
+    """Set a member's role; returns the role they had."""
     await require(session, actor, instance, Action.MANAGE_MEMBERS)
     member_role = grantable_role(role)
     member = next((m for m in instance.members if m.user.username == username), None)
@@ -97,13 +108,15 @@ async def change_role(session: AsyncSession, actor: User, instance: Instance, us
         raise RequestError(f"{username} is not a member", 404)
     if member.role is MemberRole.OWNER:
         raise RequestError("the owner's role cannot be changed", 409)
-    member.role = member_role
+    before, member.role = member.role, member_role
     record(session, instance, actor, "member-role", f"{username} is now {member_role.value}")
+    return before
 
 
 async def remove_member(session: AsyncSession, actor: User, instance: Instance,
-                        username: str) -> None:
-    """The owner (or an admin) removes a member; members may remove themselves."""
+                        username: str) -> MemberRole:
+    """The owner (or an admin) removes a member; members may remove themselves. Returns
+    the role they had."""
     if username != actor.username:
         await require(session, actor, instance, Action.MANAGE_MEMBERS)
     member = next((m for m in instance.members if m.user.username == username), None)
@@ -114,6 +127,7 @@ async def remove_member(session: AsyncSession, actor: User, instance: Instance,
     instance.members.remove(member)
     await session.delete(member)
     record(session, instance, actor, "member-removed", username)
+    return member.role
 
 
 async def set_unrestricted(session: AsyncSession, actor: User, instance: Instance,
@@ -235,15 +249,27 @@ async def join_as_support(session: AsyncSession, actor: User, instance: Instance
     return member
 
 
-async def support_instances(session: AsyncSession, who: Principal, query: str = ""
-                            ) -> list[Instance]:
-    """Instances support staff may find: all (ADMIN, SUPPORT) or their instruments' (IS)."""
+async def support_instances(session: AsyncSession, who: Principal, query: str = "",
+                            page: Page | None = None) -> tuple[list[Instance], int]:
+    """One page (default: the first) of the instances support staff may find, newest
+    first: all (ADMIN, SUPPORT) or their instruments' (IS); and how many in all."""
     if not (who.is_admin or Role.SUPPORT in who.roles
             or Role.INSTRUMENT_SCIENTIST in who.roles):
         raise RequestError("support access is for admins, IT support and instrument "
                            "scientists", 403)
+    page = page or Page()
     stmt = select(Instance).where(Instance.status != InstanceStatus.DELETED)
+    if not (who.is_admin or Role.SUPPORT in who.roles):
+        # The policy's rule for instrument scientists, in SQL so that pages are exact;
+        # every row is still checked with the policy below.
+        stmt = stmt.where(Instance.id.in_(
+            select(InstanceExperiment.instance_id)
+            .join(Experiment, Experiment.id == InstanceExperiment.experiment_id)
+            .join(Instrument, Instrument.id == Experiment.instrument_id)
+            .where(Instrument.name.in_(sorted(who.instruments)))))
     if query:
         stmt = stmt.where(Instance.name.ilike(f"%{query}%") | Instance.uid.startswith(query))
-    rows = (await session.scalars(stmt.order_by(Instance.created_at.desc()).limit(200))).all()
-    return [i for i in rows if authorize(who, access_of(i), Action.VIEW)]
+    stmt = stmt.order_by(Instance.created_at.desc(), Instance.id.desc())
+    rows = (await session.scalars(page.apply(stmt))).all()
+    return [i for i in rows if authorize(who, access_of(i), Action.VIEW)], \
+        await count(session, stmt)

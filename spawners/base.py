@@ -172,6 +172,18 @@ class Backend(ABC):
         vanished resources (live instances without resources). Protocol probes are not run.
         """
 
+    # Whether :meth:`rotate_secrets` works on running sessions (else new secrets apply at
+    # the next start only).
+    rotates_secrets: bool = False
+
+    async def rotate_secrets(self, uid: str, state: BackendState, secrets: Mapping[str, str],
+                             keep: Mapping[str, str] | None = None) -> None:
+        """Make the running session accept ``secrets`` (jupyter_token, vnc_password) from
+        now on, without restarting it; ``keep`` are the previous ones, to accept a moment
+        longer (requests in flight). Called again without ``keep`` to end the old ones."""
+        raise BackendError(f"the {self.name} backend cannot rotate a running session's "
+                           "secrets")
+
     async def set_keyboard_layout(self, uid: str, state: BackendState, layout: str) -> None:
         """Switch the desktop's X keyboard layout (``layout`` is validated by the caller)."""
         raise BackendError(f"the {self.name} backend cannot change keyboard layouts")

@@ -358,12 +358,14 @@ class KubernetesBackend(Backend):
         policy = self.settings.pod.network.policy
         if policy:
             await self._apply_policy(ns, name, policy_body)
+        # A pod of this instance still terminating goes first: the secret it owns is then
+        # garbage-collected, and must not be mistaken for this launch's.
+        live = await self._settled_pod(ns, name, spec.uid)
         created = await self._call("create secret", core.create_namespaced_secret, ns,
                                    secret_body, ok=(409,))
-        if created is None:  # left by an earlier attempt: make its data current
-            await self._call("update secret", core.patch_namespaced_secret, name, ns,
-                             {"stringData": secret_body["stringData"]})
-        pod = await self._create_pod(ns, name, pod_body, spec.uid)
+        if created is None:
+            await self._reuse_secret(ns, name, secret_body, live)
+        pod = live or await self._create_pod(ns, name, pod_body, spec.uid)
         self.watcher.put(pod)
         state: BackendState = {"namespace": ns, "pod": name, "secret": name,
                                "pod_uid": pod["metadata"]["uid"]}
@@ -392,6 +394,45 @@ class KubernetesBackend(Backend):
             await self._call("update network policy", api.patch_namespaced_network_policy,
                              name, ns, {"spec": body["spec"]},
                              _content_type="application/merge-patch+json")
+
+    async def _settled_pod(self, ns: str, name: str, uid: str) -> Manifest | None:
+        """The live pod of instance ``uid`` under ``name`` (None if there is none), after
+        waiting out one that is terminating; another instance's pod is a BackendError."""
+        deadline = time.monotonic() + self.settings.delete_timeout_s
+        while True:
+            pod = await self._call("read pod", self.core.read_namespaced_pod, name, ns,
+                                   ok=(404,))
+            if pod is None:
+                return None
+            if instance_uid(pod) != uid:
+                raise BackendError(f"kubernetes: pod {ns}/{name} exists and belongs to "
+                                   f"instance {instance_uid(pod)!r}")
+            if not pod["metadata"].get("deletionTimestamp"):
+                return pod
+            if time.monotonic() > deadline:
+                raise BackendError(f"kubernetes: pod {ns}/{name} is still terminating")
+            await asyncio.sleep(0.5)
+
+    async def _reuse_secret(self, ns: str, name: str, body: Manifest,
+                            live: Manifest | None) -> None:
+        """The secret exists: left by an earlier attempt (no owner, or owned by the live pod
+        being adopted), make its data current; owned by a pod that is gone, replace it (the
+        garbage collector would delete it under the new pod)."""
+        core = self.core
+        existing = await self._call("read secret", core.read_namespaced_secret, name, ns,
+                                    ok=(404,))
+        owners = {ref.get("uid") for ref in
+                  ((existing or {}).get("metadata") or {}).get("ownerReferences") or []}
+        if existing is not None and (not owners or (
+                live is not None and live["metadata"]["uid"] in owners)):
+            await self._call("update secret", core.patch_namespaced_secret, name, ns,
+                             {"stringData": body["stringData"]})
+            return
+        if existing is not None:
+            await self._call("delete stale secret", core.delete_namespaced_secret, name, ns,
+                             ok=(404, 409), body={"preconditions": {
+                                 "uid": existing["metadata"]["uid"]}})
+        await self._call("create secret", core.create_namespaced_secret, ns, body, ok=(409,))
 
     async def _create_pod(self, ns: str, name: str, body: Manifest, uid: str) -> Manifest:
         deadline = time.monotonic() + self.settings.delete_timeout_s

@@ -71,6 +71,19 @@ def _can_bind_mount() -> bool:
     return subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode == 0
 
 
+ATRIUM_ROOT = Path(__file__).resolve().parent.parent
+TOKEN_FILE = "jupyter-token"  # under the instance's folder: the accepted JupyterLab tokens
+
+
+def _write_private(path: Path, content: str | bytes) -> None:
+    """Replace ``path`` atomically with a file only its owner reads (0600)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(content.encode() if isinstance(content, str) else content)
+    os.replace(tmp, path)
+
+
 # Which recorded process serves which protocol.
 SERVICES = {"jupyter": ("jupyter",), "desktop": ("vnc", "session")}
 
@@ -135,6 +148,7 @@ class LocalBackend(Backend):
             if "desktop" in spec.protocols:
                 await self._start_desktop(spec, root, env, mounts, info)
             if "jupyter" in spec.protocols:
+                _write_private(root / TOKEN_FILE, spec.secrets.get("jupyter_token", "") + "\n")
                 port = free_port()
                 command = in_mount_namespace(
                     jupyter_command(self.python, spec, port, home), mounts)
@@ -157,8 +171,7 @@ class LocalBackend(Backend):
         info["display"] = display
         port = free_port()
         password = root / "vncpasswd"
-        password.write_bytes(vnc_password_file(spec.secrets.get("vnc_password", "")))
-        password.chmod(0o600)
+        _write_private(password, vnc_password_file(spec.secrets.get("vnc_password", "")))
         info["procs"]["vnc"] = await self._spawn(root, vnc_command(display, port, password), env)
         info["ports"]["desktop"] = port
         # The desktop session needs the X server's socket before it starts.
@@ -183,7 +196,11 @@ class LocalBackend(Backend):
             "JUPYTER_DATA_DIR": str(root / "jupyter" / "data"),
             "JUPYTER_RUNTIME_DIR": str(root / "jupyter" / "runtime"),
             "IPYTHONDIR": str(root / "jupyter" / "ipython"),
-            "ATRIUM_SESSION_TOKEN": spec.secrets.get("jupyter_token", ""),
+            # The token is read from a file the backend can rewrite (rotate_secrets); not
+            # in the environment, where every kernel would inherit it.
+            "ATRIUM_SESSION_TOKEN_FILE": str(root / TOKEN_FILE),
+            # JupyterLab's identity provider (images/jupyter_identity.py) is this Atrium's.
+            "PYTHONPATH": str(ATRIUM_ROOT),
             ENV_INSTANCE: spec.uid,
             ENV_DEPLOYMENT: self.deployment_id,
         }
@@ -235,6 +252,24 @@ class LocalBackend(Backend):
         ready = {name for (name, _), ok in zip(checks, results, strict=True) if ok}
         return Observation(obs.state, obs.endpoints, frozenset(ready),
                            backend_state=obs.backend_state)
+
+    rotates_secrets = True
+
+    async def rotate_secrets(self, uid: str, state: BackendState, secrets: Mapping[str, str],
+                             keep: Mapping[str, str] | None = None) -> None:
+        """Rewrite the token file JupyterLab's identity provider reads at each change and
+        the password file Xvnc reads at each authentication: no restart, open connections
+        stay (the portal closes those that lost access)."""
+        root = self._dir(uid)
+        if not root.is_dir():
+            raise BackendError("the instance's files are gone")
+        tokens = [secrets["jupyter_token"]]
+        if keep and keep.get("jupyter_token"):
+            tokens.append(keep["jupyter_token"])
+        if (root / TOKEN_FILE).exists():
+            _write_private(root / TOKEN_FILE, "".join(t + "\n" for t in tokens))
+        if (root / "vncpasswd").exists():
+            _write_private(root / "vncpasswd", vnc_password_file(secrets["vnc_password"]))
 
     async def set_keyboard_layout(self, uid: str, state: BackendState, layout: str) -> None:
         info = self._read(self._dir(uid))

@@ -35,7 +35,16 @@ def make_backends(settings: Settings) -> dict[str, Backend]:
                 max_workers=settings.sdk_threads))
         elif name == "openstack":
             from spawners.openstack import OpenStackBackend
+            from spawners.openstack_boot_config import load_boot_config
 
+            boot = None
+            if settings.os_boot_config is not None:
+                try:
+                    boot = load_boot_config(settings.os_boot_config)
+                except ValueError as err:
+                    raise SettingsError(
+                        f"ATRIUM_OS_BOOT_CONFIG={str(settings.os_boot_config)!r}: {err}"
+                    ) from err
             backends[name] = OpenStackBackend(
                 settings.deployment_id, cloud=settings.os_cloud,
                 networks=settings.os_networks, security_groups=settings.os_security_groups,
@@ -43,7 +52,12 @@ def make_backends(settings: Settings) -> dict[str, Backend]:
                 flavour_security_groups=settings.os_flavour_security_groups,
                 instrument_security_groups=settings.os_instrument_security_groups,
                 floating_ip_network=settings.os_floating_network or None,
-                max_workers=settings.sdk_threads)
+                boot=boot, max_workers=settings.sdk_threads)
+        elif name == "fake":
+            from spawners.fake import NOWHERE, FakeBackend
+
+            backends[name] = FakeBackend(settings.deployment_id,
+                                          settings.fake_endpoint or NOWHERE)
         else:
             raise SettingsError(f"unknown backend {name!r}")
     return backends

@@ -121,7 +121,8 @@ class AtriumServer:
             self.proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "serve"],
                                          env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                          cwd=ROOT)
-        deadline = time.monotonic() + 30
+        # Generous: on a busy 2-core machine the first start (imports, migrations) is slow.
+        deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"atrium serve exited:\n{self.log.read_text()[-3000:]}")

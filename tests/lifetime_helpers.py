@@ -118,3 +118,13 @@ def query(database_url: str, sql: str, **params: Any) -> list[Any]:
             return list(conn.execute(text(sql), params).all())
     finally:
         engine.dispose()
+
+
+def execute(database_url: str, sql: str, **params: Any) -> None:
+    """Run one writing statement behind Atrium's back (e.g. to move a recorded time)."""
+    engine = sync_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(sql), params)
+    finally:
+        engine.dispose()

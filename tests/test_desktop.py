@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import struct
 import time
 from collections.abc import Iterator
 
@@ -131,3 +133,109 @@ def test_keyboard_layout_is_switched_by_full_members_only(server: AtriumServer,
                     json={"layout": "fr"}).status_code == 403
     r = alice.post(f"/api/v1/instances/{desktop}/keyboard", json={"layout": "klingon"})
     assert r.status_code == 400 and "unknown keyboard layout" in r.json()["error"]["message"]
+
+
+# --- the watch-only filter and the bridge's bounds, against the real Xvnc ------------------
+
+def screen_size(server: AtriumServer, uid: str) -> str:
+    """The X screen's size as the VNC server's own X display reports it."""
+    import json
+    import subprocess
+
+    display = json.loads((server.state_dir / "sessions" / uid / "process.json")
+                         .read_text())["display"]
+    info = subprocess.run(["xdpyinfo", "-display", f":{display}"], capture_output=True,
+                          text=True, check=True).stdout
+    return next(line.split()[1] for line in info.splitlines() if "dimensions:" in line)
+
+
+async def closed_with(client: RfbClient) -> int | None:
+    """Read until the bridge closes; its close code."""
+    while await asyncio.wait_for(client.conn.read_message(), 30) is not None:
+        pass
+    return client.conn.close_code
+
+
+GUEST_INPUT = [
+    struct.pack(">BxHHBx", 251, 1024, 768, 1) + struct.pack(">IHHHHI", 0, 0, 0, 1024, 768, 0),
+    struct.pack(">BxBB", 250, 1, 2),  # XVP shutdown (Xvnc drops a client that sends it)
+    struct.pack(">BBHII", 255, 0, 1, ord("x"), 45),  # QEMU extended key event
+    struct.pack(">BBH", 255, 1, 0),  # QEMU audio enable
+    struct.pack(">BxxxI", 6, 11) + b"guest paste",
+    struct.pack(">Bxxxi", 6, -8) + b"\x10\x00\x00\x01abcd",  # extended clipboard
+]
+
+
+async def test_guest_messages_of_every_input_kind_never_reach_the_vnc_server(
+        server: AtriumServer, desktop: str) -> None:
+    guest = await RfbClient.connect(bridge_url(server, desktop), server.token("bob"))
+    guest._send(struct.pack(">BxHii", 2, 2, 0, -308))  # raw + ExtendedDesktopSize
+    for message in GUEST_INPUT:
+        for i in range(0, len(message), 3):  # split across WebSocket frames
+            guest._send(message[i:i + 3])
+    guest._send(struct.pack(">BxHi", 2, 1, 0))  # raw only again
+    # The server answers an update request after it handled everything sent before it:
+    # the guest is still connected (no XVP arrived) and the screen was not resized.
+    guest.request(incremental=False)
+    await guest.update()
+    assert screen_size(server, desktop) == "1280x800"
+    guest.close()
+
+
+async def test_owner_messages_are_forwarded(server: AtriumServer, desktop: str) -> None:
+    owner = await RfbClient.connect(bridge_url(server, desktop), server.token("alice"))
+    owner._send(struct.pack(">BxHii", 2, 2, 0, -308))
+    owner._send(GUEST_INPUT[0])  # SetDesktopSize 1024x768
+    try:
+        deadline = time.monotonic() + 30
+        while screen_size(server, desktop) != "1024x768":
+            assert time.monotonic() < deadline, "the owner's SetDesktopSize did not arrive"
+            await asyncio.sleep(0.1)
+    finally:
+        owner._send(struct.pack(">BxHHBx", 251, 1280, 800, 1)
+                    + struct.pack(">IHHHHI", 0, 0, 0, 1280, 800, 0))
+    deadline = time.monotonic() + 30
+    while screen_size(server, desktop) != "1280x800":
+        assert time.monotonic() < deadline, "the desktop did not return to 1280x800"
+        await asyncio.sleep(0.1)
+    # XVP is forwarded for the owner; this Xvnc does not speak it and drops the client.
+    owner._send(GUEST_INPUT[1])
+    assert await closed_with(owner) == 1000
+
+
+async def test_a_guests_paste_is_read_past_not_held(server: AtriumServer, desktop: str
+                                                    ) -> None:
+    """A 64 MiB clipboard message from a guest, in 32 KiB frames: the portal's peak memory
+    does not grow with it, and the connection keeps working after it."""
+    from tests.test_limits import peak_rss, reset_peak_rss
+
+    guest = await RfbClient.connect(bridge_url(server, desktop), server.token("bob"))
+    size, frame = 64 * 1024 * 1024, b"p" * 32768
+    before = reset_peak_rss(server)
+    guest._send(struct.pack(">Bxxxi", 6, size))
+    for _ in range(size // len(frame)):
+        await guest.conn.write_message(frame, binary=True)
+    guest.request(incremental=False)  # answered once the bridge has read past the paste
+    await guest.update(timeout=60)
+    assert peak_rss(server) - before < 32 * 1024 * 1024
+    guest.close()
+    # A full member's paste over the cap (ATRIUM_CLIPBOARD_MAX, 1 MiB) is dropped too.
+    owner = await RfbClient.connect(bridge_url(server, desktop), server.token("alice"))
+    owner._send(struct.pack(">BxxxI", 6, 2 * 1024 * 1024))
+    for _ in range(64):
+        await owner.conn.write_message(frame, binary=True)
+    owner.request(incremental=False)
+    await owner.update()
+    owner.close()
+
+
+@pytest.mark.parametrize("message, code", [
+    (bytes([253, 0, 0, 4, 0, 0, 0, 0]), 1003),  # gii: not understood, the stream ends
+    (bytes([5]) * (64 * 1024 + 1), 1009),  # one frame over ATRIUM_WS_MAX_MESSAGE
+])
+async def test_unknown_types_and_oversized_frames_close_the_bridge(
+        server: AtriumServer, desktop: str, message: bytes, code: int) -> None:
+    for who in ("bob", "alice"):
+        client = await RfbClient.connect(bridge_url(server, desktop), server.token(who))
+        client._send(message)
+        assert await closed_with(client) == code

@@ -328,3 +328,31 @@ def test_start_desktop_is_posix_sh() -> None:
     assert SCRIPT.read_text().startswith("#!/bin/sh\n")
     assert os.access(SCRIPT, os.X_OK)
     subprocess.run(["dash", "-n", str(SCRIPT)], check=True)
+
+
+# --------------------------------------------------------------------------- the portal image
+
+ROOT = IMAGES.parent
+PORTAL = ROOT / "images" / "portal" / "Dockerfile"
+
+
+def test_portal_dockerfile_passes_the_linter() -> None:
+    """Context: the repository root (the wheel is built from the sources)."""
+    assert lint(PORTAL.read_text(), context=ROOT) == []
+
+
+def test_portal_image_installs_every_package_and_runs_serve_unprivileged() -> None:
+    import tomllib
+
+    parsed = parse(PORTAL.read_text())
+    copied = {ins.words()[0] for ins in parsed.all("COPY") if not ins.flags}
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"]["find"]["include"]
+    packages = {p.rstrip("*") for p in include}
+    assert packages <= copied, f"packages not in the image: {packages - copied}"
+    assert any("pip install --no-cache-dir /wheels/" in ins.args for ins in parsed.all("RUN"))
+    assert parsed.all("CMD")[-1].exec_form() == ["atrium", "serve"]
+    user = parsed.all("USER")[-1].args.split(":")[0]
+    assert user.isdigit() and int(user) != 0  # numeric: runAsNonRoot can verify it
+    # The ports the chart's probes and Service use (values.yaml: portal.port, metrics.port).
+    assert parsed.exposed_ports() == {8000, 9090}

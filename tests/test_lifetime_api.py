@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import AtriumServer, Databases, cleanup_sessions
 from tests.lifetime_helpers import SmtpSink, lifetime_env, query, smtp_server
 from tests.sessions import launch, run_code, wait_for
+from tests.sweeps import wait_for_local_runs
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ async def test_activity_through_the_proxy_is_flushed(srv: AtriumServer, alice: h
     # JupyterLab's own background polls are not use.
     for path in ("api/status", "api/kernels", "api/sessions"):
         assert alice.get(f"/instances/{uid}/lab/{path}").status_code == 200
-    time.sleep(2)  # four flush intervals
+    wait_for_local_runs(srv, "activity-flush", whole=2)  # flushes since: nothing to write
     assert _last_seen(alice, uid) is None
     # Starting a kernel is.
     r = alice.post(f"/instances/{uid}/lab/api/kernels", json={"name": "python3"})

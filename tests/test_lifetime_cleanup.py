@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import AtriumServer, Databases, cleanup_sessions
 from tests.lifetime_helpers import SmtpSink, lifetime_env, query, smtp_server
 from tests.sessions import launch, processes_of, run_code, wait_for
+from tests.sweeps import wait_for_sweeps
 
 # A child of the session that ignores SIGTERM: deletion must wait for it (SIGKILL after
 # the grace period), which leaves time to kill the portal in the middle.
@@ -29,12 +30,6 @@ STUBBORN = ("import subprocess, sys; subprocess.Popen([sys.executable, '-c', "
 def sink() -> Iterator[SmtpSink]:
     with smtp_server() as s:
         yield s
-
-
-def _runs(srv: AtriumServer, job: str) -> int:
-    rows = query(srv.env["ATRIUM_DATABASE_URL"], "SELECT runs FROM job_runs WHERE job = :job",
-                 job=job)
-    return int(rows[0][0]) if rows else 0
 
 
 @pytest.mark.slow
@@ -127,11 +122,7 @@ async def test_zombie_sweep(databases: Databases, tmp_path_factory: pytest.TempP
             time.sleep(0.2)
         assert "exited" in state["reason"] or "vanished" in state["reason"]
         # Several more sweeps: the others are still there.
-        before = _runs(srv, "reconcile-sweep")
-        deadline = time.monotonic() + 30
-        while _runs(srv, "reconcile-sweep") < before + 3:
-            assert time.monotonic() < deadline, "the sweep stopped running"
-            time.sleep(0.2)
+        wait_for_sweeps(srv, whole=2, timeout=30)
         assert plain.poll() is None and foreign.poll() is None
         assert (sessions / "deadbeef0004" / "labels.json").exists()
         assert (sessions / "notes").is_dir()

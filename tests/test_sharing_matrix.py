@@ -13,6 +13,7 @@ from tornado.websocket import websocket_connect
 
 from tests.conftest import AtriumServer
 from tests.rfb_client import RfbClient
+from tests.session_hosts import LoopbackTransport, open_as_browser
 from tests.sessions import launch, launch_plan, wait_for
 
 ROLES = ["owner", "user", "guest", "support", "is_on", "is_off", "admin", "outsider",
@@ -62,7 +63,8 @@ class Actor:
         self.server = server
         self.username = username
         self.api = server.client(username)
-        self.page = httpx.Client(base_url=server.url, timeout=30, follow_redirects=False)
+        self.page = httpx.Client(base_url=server.url, timeout=30, follow_redirects=False,
+                                 transport=LoopbackTransport())
         self.xsrf = ""
         if username:
             self.page.get("/login")
@@ -121,7 +123,7 @@ def probe(entry: str, action: str, actor: Actor, uid: str, server: AtriumServer)
                 return r.status_code
             return OK if "<h2>History</h2>" in r.text else HIDDEN
         if action == "desktop_watch":
-            return outcome(actor.page.get(f"/instances/{uid}/desktop"))
+            return outcome(open_as_browser(actor.page, server, uid, "desktop"))
     if entry == "api":
         api = actor.api
         if action == "view":

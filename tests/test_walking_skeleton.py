@@ -12,6 +12,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
 from tests.conftest import AtriumServer
+from tests.session_hosts import browser_client, follow
 from tests.sessions import launch, processes_of, run_code, wait_for
 
 
@@ -80,8 +81,9 @@ def test_outsider_and_anonymous_are_refused(server: AtriumServer, bob: httpx.Cli
     anon = httpx.Client(base_url=server.url)
     r = anon.get(f"/api/v1/instances/{running}")
     assert r.status_code == 401 and "message" in r.json()["error"]
-    r = anon.get(f"/instances/{running}/lab/lab")
-    assert r.status_code == 302 and r.headers["location"].startswith("/login?next=")
+    # A browser without a login goes through the instance's host to the login page.
+    _, seen = follow(browser_client(server), f"{server.url}/instances/{running}/lab/lab")
+    assert seen[-1].startswith(f"{server.url}/login?next="), seen
     assert all(running not in i["uid"] for i in bob.get("/api/v1/instances").json())
 
 

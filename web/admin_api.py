@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from orchestrator import admin, catalog
+from orchestrator.announce import Change
 from orchestrator.catalog_spec import (
     CatalogError,
     parse_catalog,
@@ -86,8 +87,8 @@ class AdminApiHandler(ApiHandler):
 class AdminImagesHandler(AdminApiHandler):
     async def get(self) -> None:
         async with self.portal.db.session() as s:
-            rows = await s.scalars(select(Image).order_by(Image.name, Image.version))
-            self.send([image_json(i) for i in rows])
+            rows = await s.scalars(select(Image).order_by(Image.name, Image.version, Image.id))
+            self.send_list([image_json(i) for i in rows])
 
     async def post(self) -> None:
         spec = parse_one(parse_image, _body_for({}, self.json_body(), "POST"), "image")
@@ -124,7 +125,7 @@ class AdminFlavoursHandler(AdminApiHandler):
     async def get(self) -> None:
         async with self.portal.db.session() as s:
             rows = await s.scalars(select(Flavour).order_by(Flavour.cpus, Flavour.name))
-            self.send([flavour_json(f) for f in rows])
+            self.send_list([flavour_json(f) for f in rows])
 
     async def post(self) -> None:
         spec = parse_one(parse_flavour, _body_for({}, self.json_body(), "POST"), "flavour")
@@ -172,7 +173,7 @@ class AdminPlansHandler(AdminApiHandler):
     async def get(self) -> None:
         async with self.portal.db.session() as s:
             rows = await s.scalars(select(Plan).order_by(Plan.id))
-            self.send([admin_plan_json(p) for p in rows])
+            self.send_list([admin_plan_json(p) for p in rows])
 
     async def post(self) -> None:
         args = _plan_args(self.json_body())
@@ -208,7 +209,7 @@ class AdminPlanHandler(AdminApiHandler):
 class AdminQuotasHandler(AdminApiHandler):
     async def get(self) -> None:
         async with self.portal.db.session() as s:
-            self.send([quota_json(q) for q in await all_policies(s)])
+            self.send_list([quota_json(q) for q in await all_policies(s)])
 
     async def post(self) -> None:
         spec = parse_one(parse_quota, _body_for({}, self.json_body(), "POST"), "quota")
@@ -254,10 +255,11 @@ def overview_json(row: admin.UserOverview) -> dict[str, Any]:
 
 class AdminUsersHandler(AdminApiHandler):
     async def get(self) -> None:
+        page = self.page()
         async with self.portal.db.session() as s:
-            rows = await admin.users_overview(s, self.portal.settings.default_quota,
-                                              self.get_argument("q", ""))
-            self.send([overview_json(r) for r in rows])
+            rows, total = await admin.users_overview(s, self.portal.settings.default_quota,
+                                                     self.get_argument("q", ""), page=page)
+            self.send_page([overview_json(r) for r in rows], total, page)
 
 
 class AdminUserHandler(AdminApiHandler):
@@ -275,8 +277,8 @@ class AdminUserHandler(AdminApiHandler):
             actor = await self.load_user(s)
             await admin.set_roles_and_groups(s, actor, user, roles=body.get("roles"),
                                              groups=body.get("groups"))
-            await s.commit()
-        self.portal.principals.invalidate(int(oid))  # roles take effect at once here
+            # Roles take effect at once, on every replica and on open connections.
+            await self.portal.commit(s, Change("user", str(user.id)))
         await self.get(oid)
 
 
@@ -284,9 +286,11 @@ class AdminInstancesHandler(AdminApiHandler):
     async def get(self) -> None:
         who = self.require_user()
         args = {k: self.get_argument(k) for k in self.request.arguments}
+        page = self.page()
+        found = admin.InstanceFilter.of(args)
         async with self.portal.db.session() as s:
-            rows = await admin.find_instances(s, admin.InstanceFilter.of(args))
-            self.send([instance_json(i, who) for i in rows])
+            rows, total = await admin.find_instances(s, found, page)
+            self.send_page([instance_json(i, who) for i in rows], total, page)
 
 
 class AdminUsageHandler(AdminApiHandler):
@@ -336,7 +340,7 @@ class AdminCatalogHandler(AdminApiHandler):
             if dry_run:
                 await s.rollback()
             else:
-                await s.commit()
+                await self.portal.commit(s, Change("catalogue"))
         self.send({"applied": not dry_run, "changes": [str(c) for c in changes]})
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from orchestrator import admin, catalog, lifecycle
+from orchestrator.announce import Change
 from orchestrator.catalog_spec import (
     BACKENDS,
     PROTOCOLS,
@@ -110,13 +111,16 @@ class AdminInstancesPage(AdminPage):
     async def show(self, **context: Any) -> None:
         args = {k: self.get_argument(k) for k in ("status", "owner", "backend", "plan_id", "q",
                                                   "include_deleted") if self.get_argument(k, "")}
+        page = self.page_args()
         async with self.portal.db.session() as s:
             try:
-                found = await admin.find_instances(s, admin.InstanceFilter.of(args))
+                found, total = await admin.find_instances(s, admin.InstanceFilter.of(args),
+                                                          page)
             except RequestError as err:
-                found, context["error"] = [], err.message
+                (found, total), context["error"] = ([], 0), err.message
             plans = (await s.scalars(select(Plan).order_by(Plan.id))).all()
             self.render_admin("admin_instances.html", instances=found, filters=args,
+                              pager=self.pager(page, total, len(found)),
                               plans=plans, statuses=list(InstanceStatus),
                               backends=BACKENDS, actions=list(lifecycle.ACTIONS), **context)
 
@@ -129,12 +133,10 @@ class AdminInstancesPage(AdminPage):
                 if instance is None:
                     raise RequestError(f"no instance {uid}", 404)
                 await lifecycle.request_action(s, await self.load_user(s), instance, action)
-                await s.commit()
+                await self.portal.commit(s, Change("instance", uid), kick=uid)
         except RequestError as err:
             await self.fail(err)
             return
-        self.portal.changed(uid)
-        self.portal.reconciler.kick(uid)
         self.redirect(back)
 
 
@@ -374,9 +376,11 @@ class AdminUsersPage(AdminPage):
         await self.show()
 
     async def show(self, form: dict[str, Any] | None = None, **context: Any) -> None:
+        page = self.page_args()
         async with self.portal.db.session() as s:
-            rows = await admin.users_overview(s, self.portal.settings.default_quota,
-                                              self.get_argument("q", ""))
+            rows, total = await admin.users_overview(s, self.portal.settings.default_quota,
+                                                     self.get_argument("q", ""), page=page)
+            context["pager"] = self.pager(page, total, len(rows))
             if form is None:
                 edit = self.get_argument("edit", "")
                 user = await s.get(User, int(edit)) if edit.isdigit() else None
@@ -400,12 +404,11 @@ class AdminUsersPage(AdminPage):
                 await admin.set_roles_and_groups(
                     s, await self.load_user(s), user, roles=list(self.get_arguments("roles")),
                     groups=[g.strip() for g in groups.split(",") if g.strip()])
-                await s.commit()
                 username = user.username
+                await self.portal.commit(s, Change("user", str(user.id)))
         except RequestError as err:
             await self.fail(err, form=form)
             return
-        self.portal.principals.invalidate(int(uid))
         self.done(f"{username}: roles and groups saved")
 
 
@@ -430,8 +433,11 @@ class AdminUsagePage(AdminPage):
                 self.set_status(err.status)
                 context["error"] = err.message
                 report = await account(s)
-            rows = await admin.users_overview(s, self.portal.settings.default_quota)
-            current = [(r, QuotaStatus(r.limits, r.usage)) for r in rows if r.usage.instances]
+            page = self.page_args()
+            rows, total = await admin.users_overview(s, self.portal.settings.default_quota,
+                                                     page=page, in_use=True)
+            context["pager"] = self.pager(page, total, len(rows))
+            current = [(r, QuotaStatus(r.limits, r.usage)) for r in rows]
             self.render_admin("admin_usage.html", report=report, dimensions=DIMENSIONS,
                               current=current, since=self.get_argument("since", ""),
                               until=self.get_argument("until", ""),

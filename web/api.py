@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from orchestrator import lifecycle
+from orchestrator.announce import Change
 from orchestrator.errors import RequestError
 from orchestrator.models import (
     Experiment,
@@ -18,6 +19,7 @@ from orchestrator.models import (
     Plan,
     User,
 )
+from orchestrator.paging import count
 from sharing.access import access_of
 from sharing.policy import Action, Principal, authorize, member_role
 from web.base import ApiHandler
@@ -92,7 +94,8 @@ class ExperimentsHandler(ApiHandler):
         self.require_user()
         async with self.portal.db.session() as s:
             user = await self.load_user(s)
-            self.send([experiment_json(e) for e in await lifecycle.experiments_of(s, user)])
+            self.send_list([experiment_json(e)
+                            for e in await lifecycle.experiments_of(s, user)])
 
 
 class PlansHandler(ApiHandler):
@@ -101,21 +104,22 @@ class PlansHandler(ApiHandler):
         async with self.portal.db.session() as s:
             user = await self.load_user(s)
             plans = await lifecycle.plans_for(s, user, self.portal.settings.backends)
-            self.send([plan_json(p) for p in plans])
+            self.send_list([plan_json(p) for p in plans])
 
 
 class InstancesHandler(ApiHandler):
     async def get(self) -> None:
         who = self.require_user()
+        page = self.page()
+        query = (select(Instance)
+                 .join(InstanceMember, InstanceMember.instance_id == Instance.id)
+                 .where(InstanceMember.user_id == who.user_id,
+                        Instance.status != InstanceStatus.DELETED)
+                 .order_by(Instance.created_at.desc(), Instance.id.desc()))
         async with self.portal.db.session() as s:
-            rows = await s.scalars(
-                select(Instance)
-                .join(InstanceMember, InstanceMember.instance_id == Instance.id)
-                .where(InstanceMember.user_id == who.user_id,
-                       Instance.status != InstanceStatus.DELETED)
-                .order_by(Instance.created_at.desc())
-            )
-            self.send([instance_json(i, who) for i in rows.unique()])
+            rows = (await s.scalars(page.apply(query))).unique().all()
+            total = await count(s, query)
+            self.send_page([instance_json(i, who) for i in rows], total, page)
 
     async def post(self) -> None:
         who = self.require_user()
@@ -150,9 +154,7 @@ class InstanceHandler(ApiHandler):
         async with self.portal.db.session() as s:
             instance = await visible_instance(s, who, uid)
             await lifecycle.request_action(s, await self.load_user(s), instance, action)
-            await s.commit()
-        self.portal.changed(uid)
-        self.portal.reconciler.kick(uid)
+            await self.portal.commit(s, Change("instance", uid), kick=uid)
         async with self.portal.db.session() as s:
             self.send(instance_json(await visible_instance(s, who, uid), who), 202)
 
@@ -165,13 +167,16 @@ class InstanceActionHandler(InstanceHandler):
 class InstanceEventsHandler(ApiHandler):
     async def get(self, uid: str) -> None:
         who = self.require_user()
+        page = self.page()
         async with self.portal.db.session() as s:
             instance = await visible_instance(s, who, uid, Action.READ_AUDIT)
-            events = await s.scalars(select(InstanceEvent)
-                                     .where(InstanceEvent.instance_id == instance.id)
-                                     .order_by(InstanceEvent.id))
-            self.send([{"at": iso(e.created_at), "kind": e.kind, "detail": e.detail,
-                        "user": e.user.username if e.user else None} for e in events])
+            query = (select(InstanceEvent).where(InstanceEvent.instance_id == instance.id)
+                     .order_by(InstanceEvent.id))
+            events = (await s.scalars(page.apply(query))).all()
+            total = await count(s, query)
+            self.send_page([{"at": iso(e.created_at), "kind": e.kind, "detail": e.detail,
+                             "user": e.user.username if e.user else None} for e in events],
+                           total, page)
 
 
 class OpenApiHandler(ApiHandler):

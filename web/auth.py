@@ -20,9 +20,11 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
 from tornado.web import RequestHandler
 
-from orchestrator import logins
+from orchestrator import logins, metrics
+from orchestrator.announce import Announcer, Change
 from orchestrator.db import Database
 from orchestrator.logins import SessionSnapshot, hash_session_id
 from orchestrator.models import LoginSession
@@ -49,8 +51,10 @@ class Authenticator:
     """Resolves a request to a :class:`Principal`; starts and ends login sessions."""
 
     def __init__(self, db: Database, principals: PrincipalCache, token_ttl: float = 10.0,
-                 settings: Settings | None = None, session_ttl: float = 10.0) -> None:
+                 settings: Settings | None = None, session_ttl: float = 10.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.db = db
+        self.clock = clock  # epoch seconds; tests script it to cross idle and lifetime limits
         self.principals = principals
         self.tokens: TtlCache[str, int | None] = TtlCache(self._token_owner, token_ttl)
         self.sessions: TtlCache[str, SessionSnapshot | None] = TtlCache(self._session,
@@ -65,6 +69,8 @@ class Authenticator:
         # Activity is written at most this often per session (not once per request).
         self.touch_interval = min(60.0, self.idle_timeout / 10)
         self.provider_check: ProviderCheck | None = None
+        # Tells every process that a login ended (set by build_portal).
+        self.announcer: Announcer | None = None
         self._activity: dict[str, float] = {}  # digest -> last request seen here
         self._written: dict[str, float] = {}  # digest -> last activity written
         self._checked: dict[str, float] = {}  # digest -> last provider check from here
@@ -83,6 +89,8 @@ class Authenticator:
         token = bearer_token(handler)
         if token is not None:
             user_id = await self.tokens.get(hash_token(token))
+            if user_id is None:
+                metrics.LOGIN_FAILURES.labels("token").inc()
         else:
             digest = self.session_digest(handler)
             user_id = await self.session_user(digest) if digest else None
@@ -100,7 +108,7 @@ class Authenticator:
         snap = await self.sessions.get(digest)
         if snap is None or snap.revoked:
             return None
-        now = time.time()
+        now = self.clock()
         if now >= snap.expires_at or (snap.method == "demo" and not self.demo_mode):
             return None
         if now - max(snap.last_seen_at, self._activity.get(digest, 0.0)) > self.idle_timeout:
@@ -125,7 +133,7 @@ class Authenticator:
             self._checks[digest] = task
             task.add_done_callback(lambda _: self._checks.pop(digest, None))
         alive = await asyncio.shield(task)
-        self._checked[digest] = time.time()
+        self._checked[digest] = self.clock()
         if not alive:
             self.forget(digest)
         return alive
@@ -150,7 +158,7 @@ class Authenticator:
             self._prune()
 
     def _prune(self) -> None:
-        horizon = time.time() - self.idle_timeout
+        horizon = self.clock() - self.idle_timeout
         for table in (self._activity, self._written, self._checked):
             for digest in [d for d, t in table.items() if t < horizon]:
                 table.pop(digest, None)
@@ -176,7 +184,7 @@ class Authenticator:
             session_id = await logins.create_session(
                 s, user_id, method, dt.timedelta(seconds=self.lifetime),
                 user_agent=handler.request.headers.get("User-Agent", ""), **provider)
-            await s.commit()
+            await self.commit(s, *([Change("session", previous)] if previous else []))
         if previous:
             self.forget(previous)
         handler.set_signed_cookie(
@@ -192,9 +200,16 @@ class Authenticator:
             return None
         async with self.db.session() as s:
             row = await logins.revoke(s, digest)
-            await s.commit()
+            await self.commit(s, Change("session", digest))
         self.forget(digest)
         return row
+
+    async def commit(self, session: AsyncSession, *changes: Change) -> None:
+        """Commit and announce (open connections of an ended login close everywhere)."""
+        if self.announcer is not None:
+            await self.announcer.commit(session, *changes)
+        else:
+            await session.commit()
 
     def revoke(self, token: str) -> None:
         self.tokens.invalidate(hash_token(token))

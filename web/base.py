@@ -10,9 +10,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from orchestrator.errors import RequestError
 from orchestrator.models import User
+from orchestrator.paging import Page
 from sharing.policy import Principal
 from web.auth import SESSION_COOKIE, bearer_token
+from web.headers import set_page_headers
 from web.portal import Portal
+from web.session_auth import entry_url, request_principal
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -24,7 +27,13 @@ class BaseHandler(tornado.web.RequestHandler):
         return portal
 
     async def prepare(self) -> None:
-        self.principal = await self.portal.auth.principal(self)
+        self.principal = await request_principal(self)
+
+    def set_default_headers(self) -> None:
+        set_page_headers(self)
+
+    def get_login_url(self) -> str:
+        return entry_url(self)  # the login page, or the ticket flow on an instance's host
 
     def get_current_user(self) -> Principal | None:
         return self.principal
@@ -36,6 +45,16 @@ class BaseHandler(tornado.web.RequestHandler):
         if user is None:
             raise RequestError("your account no longer exists", 401)
         return user
+
+    def page_args(self) -> Page:
+        """The slice of a list a page shows; a bad ``limit``/``offset`` is a 400."""
+        return Page.of({k: self.get_argument(k) for k in ("limit", "offset")
+                        if k in self.request.arguments})
+
+    def pager(self, page: Page, total: int, shown: int) -> dict[str, Any]:
+        others = {k: self.get_argument(k) for k in self.request.arguments
+                  if k not in ("limit", "offset") and self.get_argument(k, "")}
+        return page.pager(self.request.path, others, total, shown)
 
     def render_page(self, template: str, **context: Any) -> None:
         page = self.portal.templates.get_template(template)
@@ -97,6 +116,26 @@ class ApiHandler(BaseHandler):
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish(json.dumps(data, default=str))
 
+    def page(self) -> Page:
+        """The slice of a list asked for (``limit``, ``offset``); a bad value is a 400."""
+        return self.page_args()
+
+    def send_page(self, items: list[Any], total: int, page: Page) -> None:
+        """One page of a list: the items as a JSON array, the rest in headers."""
+        self.set_header("X-Total-Count", str(total))
+        others = {k: self.get_argument(k) for k in self.request.arguments
+                  if k not in ("limit", "offset")}
+        link = page.links(self.request.path, others, total)
+        if link:
+            self.set_header("Link", link)
+        self.send(items)
+
+    def send_list(self, items: list[Any]) -> None:
+        """A list held in memory (short by nature: a user's plans, an instance's members),
+        paged like the others."""
+        page = self.page()
+        self.send_page(page.slice(items), len(items), page)
+
     def error_response(self, status: int, message: str) -> None:
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish(json.dumps({"error": {"status": status, "message": message}}))
@@ -105,3 +144,10 @@ class ApiHandler(BaseHandler):
 class NotFoundApi(ApiHandler):
     async def prepare(self) -> None:
         raise RequestError(f"no such API endpoint: {self.request.path}", 404)
+
+
+class NotFoundPage(BaseHandler):
+    """Any path no route matches (a page, with the page headers)."""
+
+    async def prepare(self) -> None:
+        raise tornado.web.HTTPError(404, "no such page")

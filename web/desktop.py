@@ -20,14 +20,17 @@ from urllib.parse import urlsplit
 import tornado.web
 import tornado.websocket
 
+from orchestrator import metrics
 from orchestrator.errors import RequestError
 from sharing.policy import Action, authorize
 from spawners.base import BackendError
 from web import rfb
 from web.api import visible_instance
 from web.base import ApiHandler, BaseHandler
+from web.credentials import credential_of
 from web.proxy import ProxyAuth, Refusal, cross_origin_error
 from web.routes import Route
+from web.session_auth import request_principal
 
 log = logging.getLogger("atrium.desktop")
 
@@ -85,18 +88,20 @@ class DesktopBridge(ProxyAuth, tornado.websocket.WebSocketHandler):
         return getattr(self, "principal", None)
 
     async def get(self, uid: str) -> None:
-        self.principal = await self.portal.auth.principal(self)
+        self.principal = await request_principal(self)
         error = cross_origin_error(self)
         if error is not None:
             Refusal(403, f"cross-origin WebSocket refused: {error}").answer(self)
             return
         route = await self.authorise(uid, protocol="desktop")
-        if isinstance(route, Refusal):
-            route.answer(self)
+        refusal = route if isinstance(route, Refusal) else self.admit()
+        if refusal is not None:
+            refusal.answer(self)
             return
+        assert isinstance(route, Route)
         self.uid = uid
         self.user_id = self.principal.user_id if self.principal else 0
-        present = self.portal.presence.connected(uid, route.access.owner_id)
+        present = await self.portal.presence.present(uid, route.access.owner_id)
         self.can_input = bool(authorize(self.principal, route.access, Action.DESKTOP_INPUT,
                                         present))
         try:
@@ -108,7 +113,7 @@ class DesktopBridge(ProxyAuth, tornado.websocket.WebSocketHandler):
             return
         self._phase = "version"
         self._pending = bytearray()
-        self._stream = rfb.ClientStream()
+        self._stream = rfb.ClientStream(self.portal.settings.limits.clipboard_max)
         await super().get(uid)
 
     def select_subprotocol(self, subprotocols: list[str]) -> str | None:
@@ -118,7 +123,9 @@ class DesktopBridge(ProxyAuth, tornado.websocket.WebSocketHandler):
         return None
 
     def open(self, *args: str) -> None:
-        self.portal.presence.opened(self.uid, self)
+        self.portal.presence.opened(self.uid, self, credential_of(
+            self.portal.auth, self, self.principal), "desktop")
+        metrics.WEBSOCKETS.labels("desktop").inc()
         self.set_nodelay(True)  # framebuffer updates come in bursts (see web/proxy.py)
         # Our side of the handshake with the browser: same version, no authentication.
         self.write_message(rfb.VERSION, binary=True)
@@ -163,17 +170,16 @@ class DesktopBridge(ProxyAuth, tornado.websocket.WebSocketHandler):
     async def _relay(self, data: bytes) -> None:
         assert self.writer is not None
         try:
-            for msg in self._stream.feed(data):
-                if msg.kind in rfb.INPUT:
-                    if not self.can_input:
-                        continue  # watch only: the VNC server never sees it
-                    self.portal.activity[self.uid] = time.time()
-                self.writer.write(msg.data)
+            out, used = rfb.relay(self._stream, data, self.can_input)
         except rfb.ProtocolError as err:
             log.warning("closing desktop connection to %s: %s", self.uid, err)
             self.close(1003, str(err))
             return
-        await self.writer.drain()
+        if used:
+            self.portal.activity[self.uid] = time.time()
+        if out:
+            self.writer.write(out)
+            await self.writer.drain()
 
     async def _from_server(self) -> None:
         assert self.reader is not None
@@ -184,9 +190,15 @@ class DesktopBridge(ProxyAuth, tornado.websocket.WebSocketHandler):
             pass
         self.close(1000, "the desktop closed the connection")
 
+    def on_finish(self) -> None:
+        if self.get_status() != 101:  # refused; an accepted upgrade "finishes" too
+            self.release()
+
     def on_close(self) -> None:
+        self.release()
         if hasattr(self, "_stream"):
             self.portal.presence.closed(self.uid, self)
+            metrics.WEBSOCKETS.labels("desktop").dec()
         if self.writer is not None:
             self.writer.close()
         pump = getattr(self, "_pump", None)
@@ -202,13 +214,17 @@ class DesktopPage(BaseHandler):
         route = await self.portal.routes.get(uid)
         if route is None:
             raise tornado.web.HTTPError(404, "no such instance")
-        present = self.portal.presence.connected(uid, route.access.owner_id)
+        present = await self.portal.presence.present(uid, route.access.owner_id)
         decision = authorize(self.principal, route.access, Action.DESKTOP_WATCH, present)
         if not decision:
             raise tornado.web.HTTPError(decision.status, decision.reason)
         can_input = bool(authorize(self.principal, route.access, Action.DESKTOP_INPUT, present))
+        on_own_host = self.portal.origins.session_uid(self.request.host_name) == uid
         self.render_page("desktop.html", uid=uid, view_only=not can_input,
-                         novnc=novnc_dir() is not None, layouts=KEYBOARD_LAYOUTS)
+                         novnc=novnc_dir() is not None, layouts=KEYBOARD_LAYOUTS,
+                         keyboard_url=f"/instances/{uid}/desktop/keyboard" if on_own_host
+                         else f"/api/v1/instances/{uid}/keyboard",
+                         back_url=f"{self.portal.origins.portal_url}/instances/{uid}")
 
 
 def novnc_dir() -> Path | None:

@@ -88,7 +88,8 @@ class InstanceExtensionsHandler(ApiHandler):
         who = self.require_user()
         async with self.portal.db.session() as s:
             instance = await visible_instance(s, who, uid)
-            self.send([request_json(r) for r in await extensions.requests_of(s, instance.id)])
+            self.send_list([request_json(r)
+                            for r in await extensions.requests_of(s, instance.id)])
 
     async def post(self, uid: str) -> None:
         """Body ``{"days": 7, "reason": "..."}``: the owner asks for more time."""
@@ -127,7 +128,7 @@ class WarningsHandler(ApiHandler):
                               "owner": instance.owner.username,
                               "mine": instance.owner_id == who.user_id,
                               "warning": deadline_json(banner)})
-        self.send(found)
+        self.send_list(found)
 
 
 class AdminApi(ApiHandler):
@@ -147,7 +148,7 @@ class ExtensionsHandler(AdminApi):
         async with self.portal.db.session() as s:
             found = await extensions.requests_of(
                 s, status=ExtensionStatus(raw) if raw else None)
-            self.send([request_json(r) for r in found])
+            self.send_list([request_json(r) for r in found])
 
 
 class ExtensionDecisionHandler(AdminApi):
@@ -182,7 +183,7 @@ class UpcomingHandler(AdminApi):
         service = service_of(self)
         async with self.portal.db.session() as s:
             found = await service.upcoming(s, dt.timedelta(days=max(0.0, min(days, 3650))))
-        self.send([{"uid": row.uid, "name": row.name, "deadline": deadline_json(d),
+        self.send_list([{"uid": row.uid, "name": row.name, "deadline": deadline_json(d),
                     "termination_date": iso(row.termination_date),
                     "last_seen_at": iso(row.last_seen_at)} for row, d in found])
 

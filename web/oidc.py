@@ -22,16 +22,18 @@ import asyncio
 import datetime as dt
 import logging
 import re
+from typing import Any
 
 from sqlalchemy import select
 
-from orchestrator import logins
+from orchestrator import logins, metrics
+from orchestrator.announce import Change
 from orchestrator.logins import IdentityConflict
 from orchestrator.models import LoginSession, UserIdentity
 from web.auth import ProviderCheck
 from web.base import BaseHandler
 from web.oidc_client import OidcClient, ProviderUnreachable, SessionEnded
-from web.oidc_core import LoginRefused, authorization_url
+from web.oidc_core import LoginRefused, authorization_url, claim
 from web.pages import render_login, safe_next
 from web.portal import Portal
 
@@ -51,6 +53,7 @@ class OidcHandler(BaseHandler):
 
     async def refuse(self, err: LoginRefused) -> None:
         log.warning("login refused (%s): %s", self.request.remote_ip, err.message)
+        metrics.LOGIN_FAILURES.labels("oidc").inc()
         self.set_status(err.status)
         await render_login(self, error=f"Login refused: {err.message}.")
 
@@ -172,7 +175,7 @@ class BackchannelLogoutHandler(OidcHandler):
                 digests = await logins.revoke_by_provider_sid(s, str(claims["sid"]))
             else:
                 digests = await logins.revoke_by_subject(s, self.oidc.issuer, str(claims["sub"]))
-            await s.commit()
+            await self.portal.commit(s, *(Change("session", d) for d in digests))
         for digest in digests:
             self.portal.auth.forget(digest)
         log.info("back-channel logout: %d login(s) ended (sid=%s)", len(digests),
@@ -225,7 +228,7 @@ def provider_check(portal: Portal, client: OidcClient) -> ProviderCheck:
             log.info("provider session ended for user %s: %s", user_id, err)
             async with portal.db.session() as s:
                 await logins.revoke(s, digest)
-                await s.commit()
+                await portal.commit(s, Change("session", digest))
             return False
         except (ProviderUnreachable, LoginRefused) as err:
             log.warning("cannot check the provider session of user %s: %s", user_id,
@@ -237,7 +240,11 @@ def provider_check(portal: Portal, client: OidcClient) -> ProviderCheck:
                 row.refresh_token = str(tokens.get("refresh_token") or row.refresh_token)
                 row.id_token = str(tokens.get("id_token") or row.id_token)
                 await s.commit()
-        await _follow(portal, client, user_id, subject, tokens)
+        try:
+            await _follow_roles(portal, client, user_id, subject, tokens)
+        except LoginRefused as err:  # the provider's answer is unusable: keep the roles
+            log.warning("cannot read the roles of user %s at the provider check: %s",
+                        user_id, err.message)
         return True
 
     return check
@@ -275,33 +282,37 @@ async def _deprovision(portal: Portal, client: OidcClient, user_id: int, why: st
     for digest in tokens:
         portal.auth.revoke_digest(digest)
     portal.auth.principals.invalidate(user_id)
+    portal.changed_user(user_id)  # open connections of the user close (announced)
     log.warning("user %s disabled at the provider (%s): %d login(s) and %d token(s) revoked",
                 user_id, why, len(sessions), len(tokens))
 
 
-async def _follow(portal: Portal, client: OidcClient, user_id: int, subject: str,
-                  tokens: dict[str, object]) -> None:
-    """Roles and groups follow what the provider's userinfo says now."""
-    access_token = tokens.get("access_token")
-    if not isinstance(access_token, str) or not access_token:
+async def _follow_roles(portal: Portal, client: OidcClient, user_id: int, subject: str,
+                        tokens: dict[str, Any]) -> None:
+    """Roles the provider manages follow its current claims, as at login: an admin group
+    removed there ends the admin role here at this check (and the open connections it
+    allowed). Only when the provider states the groups; an answer without them changes
+    nothing."""
+    access_token = tokens.get("access_token") if isinstance(
+        tokens.get("access_token"), str) else None
+    claims: dict[str, Any] = {}
+    if isinstance(tokens.get("id_token"), str):
+        claims = await client.validate(tokens["id_token"], nonce=None,
+                                       access_token=access_token)
+    info = await client.userinfo(access_token or "", subject)
+    merged = {**info, **{k: v for k, v in claims.items() if k not in info or k == "sub"}}
+    if not merged or claim(merged, client.mapping.groups) is None:
         return
-    try:
-        claims = await client.userinfo(access_token, subject)
-        if not claims:
-            return  # no userinfo endpoint: the next login updates roles
-        identity = client.mapping.identity({"sub": subject, **claims})
-    except LoginRefused as err:  # ProviderUnreachable included: keep what we know
-        log.warning("cannot read the provider's view of user %s: %s", user_id, err.message)
-        return
+    roles = client.mapping.identity({"sub": subject, **merged}).roles
     async with portal.db.session() as s:
-        lost = await logins.follow_provider(
-            s, issuer=client.issuer, subject=subject, groups=identity.groups,
-            roles=identity.roles, managed_roles=client.mapping.managed_roles)
+        changed = await logins.set_managed_roles(s, user_id, roles,
+                                                 client.mapping.managed_roles)
         await s.commit()
-    portal.auth.principals.invalidate(user_id)
-    if lost:
-        log.info("user %s lost %s at the provider", user_id,
-                 ",".join(sorted(r.value for r in lost)))
+    if changed:
+        log.info("roles of user %s changed at the provider: %s", user_id,
+                 ",".join(sorted(r.value for r in roles)) or "-")
+        # Announced apart: this check may run inside a re-check of open connections.
+        portal.changed_user(user_id)
 
 
 async def _subject(portal: Portal, user_id: int, issuer: str) -> str:

@@ -8,6 +8,7 @@ from orchestrator.lifecycle import NAME_MAX
 from web.openapi_admin import ADMIN_PATHS, ADMIN_SCHEMAS
 from web.openapi_lifetime import LIFETIME_PATHS, LIFETIME_SCHEMAS
 from web.openapi_sharing import SHARING_PATHS, SHARING_SCHEMAS
+from web.paging import document_paging
 
 _ERROR = {"description": "error", "content": {"application/json": {
     "schema": {"$ref": "#/components/schemas/Error"}}}}
@@ -36,7 +37,7 @@ def openapi_document() -> dict[str, Any]:
                                 "the `X-XSRFToken` header (the `_xsrf` cookie's value)."},
         "servers": [{"url": "/api/v1"}],
         "security": [{"bearer": []}],
-        "paths": {
+        "paths": document_paging({
             "/me": {"get": {"summary": "The calling user",
                             "responses": {"200": _ok(_ref("User")), **_ERRORS}}},
             "/experiments": {"get": {
@@ -87,7 +88,7 @@ def openapi_document() -> dict[str, Any]:
             **ADMIN_PATHS,
             **SHARING_PATHS,
             **LIFETIME_PATHS,
-        },
+        }),
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {

@@ -8,7 +8,8 @@ from urllib.parse import urlsplit
 import tornado.web
 from sqlalchemy import select
 
-from orchestrator import lifecycle
+from orchestrator import lifecycle, metrics
+from orchestrator.announce import Change
 from orchestrator.errors import RequestError
 from orchestrator.models import (
     Instance,
@@ -63,6 +64,7 @@ class LoginHandler(BaseHandler):
         async with self.portal.db.session() as s:
             user = await s.scalar(select(User).where(User.username == username))
             if user is None:
+                metrics.LOGIN_FAILURES.labels("demo").inc()
                 raise RequestError(f"no demo user {username!r}", 400)
             user.last_login_at = utcnow()
             await s.commit()
@@ -170,9 +172,7 @@ class InstancePage(BaseHandler):
         async with self.portal.db.session() as s:
             instance = await visible_instance(s, who, uid)
             await lifecycle.request_action(s, await self.load_user(s), instance, action)
-            await s.commit()
-        self.portal.changed(uid)
-        self.portal.reconciler.kick(uid)
+            await self.portal.commit(s, Change("instance", uid), kick=uid)
         self.redirect("/" if action == "delete" else f"/instances/{uid}")
 
 
@@ -186,6 +186,8 @@ class HealthHandler(BaseHandler):
         pass
 
     async def get(self) -> None:
+        """``{"status": "ok", "jobs": {job: runs finished by this process}}`` once the
+        database answers; the counts let a test wait for a flush or a sweep to have run."""
         async with self.portal.db.session() as s:
             await s.execute(select(1))
-        self.finish({"status": "ok"})
+        self.finish({"status": "ok", "jobs": dict(self.portal.job_runs)})

@@ -22,21 +22,25 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.httputil import HTTPHeaders, HTTPServerRequest
 from tornado.routing import Matcher, PathMatches
 
+from orchestrator import metrics
 from sharing.policy import Action, authorize
-from web import activity
-from web.auth import SESSION_COOKIE
+from web import activity, bodylimit
 from web.base import BaseHandler
+from web.credentials import credential_of
+from web.headers import PAGE_HEADERS, SANDBOXED, passes
+from web.limits import INSTANCE_BUSY, TOO_MANY_USER_CONNECTIONS, Lease, Ticket
 from web.routes import Route
+from web.session_auth import ATRIUM_COOKIES, entry_url, request_principal
 
 log = logging.getLogger("atrium.proxy")
 
 HOP_BY_HOP = frozenset(h.lower() for h in (
     "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
     "Transfer-Encoding", "Upgrade", "Proxy-Connection"))
-REQUEST_DROP = HOP_BY_HOP | {"host", "authorization", "cookie", "content-length"}
+REQUEST_DROP = HOP_BY_HOP | {"host", "authorization", "cookie", "content-length",
+                             "x-xsrftoken", "x-csrftoken"}
 WS_DROP = REQUEST_DROP | {"sec-websocket-key", "sec-websocket-version",
                           "sec-websocket-extensions", "sec-websocket-protocol", "origin"}
-RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 BODY_QUEUE = 8  # chunks in flight from the client before the upload is paused
 
 
@@ -60,7 +64,7 @@ def _without_session_cookie(header: str) -> str:
     except Exception:
         return ""
     return "; ".join(f"{k}={m.coded_value}" for k, m in jar.items()
-                     if k not in (SESSION_COOKIE, "_xsrf"))
+                     if k not in ATRIUM_COOKIES)
 
 
 def upstream_headers(incoming: HTTPHeaders, token: str, drop: frozenset[str]) -> HTTPHeaders:
@@ -107,13 +111,12 @@ class ProxyAuth:
             return Refusal(404, "no such instance")
         presence = handler.portal.presence
         decision = authorize(handler.principal, route.access, self.action,
-                             presence.connected(uid, route.access.owner_id))
+                             await presence.present(uid, route.access.owner_id))
         if not decision:
             request = handler.request
             if decision.status == 401 and request.method == "GET" and not (
                     request.headers.get("Upgrade")):
-                return Refusal(401, decision.reason,
-                               f"/login?next={tornado.escape.url_escape(request.uri or '/')}")
+                return Refusal(401, decision.reason, entry_url(handler))
             return Refusal(decision.status, decision.reason)
         if protocol not in route.endpoints:
             service = "JupyterLab" if protocol == "jupyter" else "the desktop"
@@ -122,6 +125,20 @@ class ProxyAuth:
         assert handler.principal is not None
         presence.seen(uid, handler.principal.user_id)
         return route
+
+    _lease: Lease | None = None
+
+    def admit(self: Any) -> Refusal | None:
+        """Count this connection against its user's cap (until :meth:`release`)."""
+        users = self.portal.bounds.users
+        self._lease = users.acquire(self.principal.user_id)
+        if self._lease is None:
+            return Refusal(429, TOO_MANY_USER_CONNECTIONS.format(cap=users.cap))
+        return None
+
+    def release(self) -> None:
+        if self._lease is not None:
+            self._lease.release()
 
 
 @tornado.web.stream_request_body
@@ -132,6 +149,7 @@ class LabProxyHandler(ProxyAuth, BaseHandler):
     _upstream: asyncio.Task[None] | None = None
     _headers_sent = False
     _refusal: Refusal | None = None
+    _ticket: Ticket | None = None
 
     def check_xsrf_cookie(self) -> None:
         # Cross-site requests cannot carry the session cookie (SameSite=Lax) and are
@@ -151,8 +169,19 @@ class LabProxyHandler(ProxyAuth, BaseHandler):
         if isinstance(route, Refusal):
             self._refusal = route
             return
+        self._refusal = self.admit()
+        if self._refusal is not None:
+            return
+        self._ticket = self.portal.bounds.instances.enter(self.path_args[0])
+        if self._ticket is None:
+            self._refusal = Refusal(503, INSTANCE_BUSY)
+            return
+        bodylimit.lift(self.request, self.portal.settings.limits)  # authorised: may stream
         if activity.is_use(self.request.method, self.request.headers):
             activity.note(self.portal.activity, self.path_args[0])
+        # An in-flight request is an open connection too: revocation aborts it.
+        self.portal.presence.opened(self.path_args[0], self, credential_of(
+            self.portal.auth, self, self.principal), "http")
         has_body = ("Content-Length" in self.request.headers and
                     self.request.headers["Content-Length"] != "0") or (
                     "Transfer-Encoding" in self.request.headers)
@@ -161,6 +190,7 @@ class LabProxyHandler(ProxyAuth, BaseHandler):
         self._upstream = asyncio.get_running_loop().create_task(self._forward(route))
 
     def data_received(self, chunk: bytes) -> Any:
+        metrics.PROXY_BYTES.labels("up").inc(len(chunk))
         if self._body is not None:
             return self._body.put(chunk)  # a full queue pauses reading from the client
         return None
@@ -183,17 +213,22 @@ class LabProxyHandler(ProxyAuth, BaseHandler):
             self.set_status(code, reason)
             self._clear_headers_for_proxy()
             for name, value in self._response_headers.get_all():
-                if name.lower() not in RESPONSE_DROP:
+                if passes(name):
                     self.add_header(name, value)
+            if self.portal.origins.subdomains and self.portal.origins.session_uid(
+                    self.request.host_name) is None:
+                for name, value in SANDBOXED.items():  # a script's request (see tickets.py)
+                    self.set_header(name, value)
             if "Content-Length" in self._response_headers and self.request.method != "HEAD":
                 self.set_header("Content-Length", self._response_headers["Content-Length"])
             self._headers_sent = True
 
     def _clear_headers_for_proxy(self) -> None:
-        for name in ("Content-Type", "Server", "Date"):
+        for name in ("Content-Type", "Server", "Date", *PAGE_HEADERS):
             self.clear_header(name)
 
     def _on_chunk(self, chunk: bytes) -> Any:
+        metrics.PROXY_BYTES.labels("down").inc(len(chunk))
         self.write(chunk)
         # Returning the flush makes the client wait for a slow reader (backpressure), so
         # a download is never buffered whole in the portal.
@@ -215,9 +250,13 @@ class LabProxyHandler(ProxyAuth, BaseHandler):
             follow_redirects=False, decompress_response=False, allow_nonstandard_methods=True,
             header_callback=self._on_header_line, streaming_callback=self._on_chunk,
             connect_timeout=10, request_timeout=3600)
+        assert self._ticket is not None
+        metrics.PROXY_REQUESTS.inc()
         try:
-            await AsyncHTTPClient().fetch(upstream, raise_error=False)
+            async with self._ticket:  # waits while the instance's slots are all taken
+                await AsyncHTTPClient().fetch(upstream, raise_error=False)
         except (TimeoutError, OSError, HTTPClientError) as err:
+            metrics.UPSTREAM_ERRORS.labels("http").inc()
             if not self._headers_sent:
                 self.set_status(502)
                 self.finish({"error": {"status": 502,
@@ -244,6 +283,21 @@ class LabProxyHandler(ProxyAuth, BaseHandler):
     def on_connection_close(self) -> None:
         if self._upstream is not None and not self._upstream.done():
             self._upstream.cancel()
+        self.on_finish()
+
+    def on_finish(self) -> None:
+        self.release()
+        if self._ticket is not None:
+            self._ticket.close()
+        if self.path_args:
+            self.portal.presence.closed(self.path_args[0], self)
+
+    def revalidate(self, route: Route | None, owner_present: bool) -> None:
+        """Abort the request (both ways) when the policy no longer allows it."""
+        if route is None or not authorize(self.principal, route.access, Action.OPEN_LAB,
+                                          owner_present):
+            if self.request.connection is not None:
+                self.request.connection.close()  # type: ignore[attr-defined]
 
 
 class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
@@ -257,15 +311,17 @@ class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
         return self.application.settings["portal"]
 
     async def get(self, uid: str, path: str) -> None:
-        self.principal = await self.portal.auth.principal(self)
+        self.principal = await request_principal(self)
         error = cross_origin_error(self)
         if error is not None:
             Refusal(403, f"cross-origin WebSocket refused: {error}").answer(self)
             return
         route = await self.authorise(uid)
-        if isinstance(route, Refusal):
-            route.answer(self)
+        refusal = route if isinstance(route, Refusal) else self.admit()
+        if refusal is not None:
+            refusal.answer(self)
             return
+        assert isinstance(route, Route)
         target = route.endpoints["jupyter"].replace("http", "ws", 1).rstrip("/") + self.request.uri
         headers = upstream_headers(self.request.headers, route.secrets.get("jupyter_token", ""),
                                    WS_DROP)
@@ -274,9 +330,10 @@ class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
         try:
             self.upstream = await tornado.websocket.websocket_connect(
                 HTTPRequest(target, headers=headers, connect_timeout=10),
-                subprotocols=protocols or None, max_message_size=256 * 1024 * 1024)
+                subprotocols=protocols or None, max_message_size=self.max_message_size)
         except (OSError, HTTPClientError, tornado.websocket.WebSocketError) as err:
             code = err.code if isinstance(err, HTTPClientError) else 502
+            metrics.UPSTREAM_ERRORS.labels("websocket").inc()
             self.set_status(code if 400 <= code < 600 else 502)
             self.finish({"error": {"status": self.get_status(),
                                    "message": f"the instance refused the connection ({err})"}})
@@ -286,6 +343,15 @@ class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
     def get_current_user(self) -> Any:
         return getattr(self, "principal", None)
 
+    @property
+    def max_message_size(self) -> int:
+        """Lab messages may be larger than the portal's own (ATRIUM_LAB_WS_MAX_MESSAGE)."""
+        return int(self.portal.settings.limits.lab_ws_max_message)
+
+    def on_finish(self) -> None:
+        if self.get_status() != 101:  # refused; an accepted upgrade "finishes" too
+            self.release()
+
     def select_subprotocol(self, subprotocols: list[str]) -> str | None:
         return self.upstream.selected_subprotocol if self.upstream else None
 
@@ -294,8 +360,11 @@ class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
 
     def open(self, *args: str) -> None:
         self.uid = args[0]
+        assert self.principal is not None  # authorised in get()
         self.user_id = self.principal.user_id
-        self.portal.presence.opened(self.uid, self)
+        self.portal.presence.opened(self.uid, self, credential_of(
+            self.portal.auth, self, self.principal), "lab")
+        metrics.WEBSOCKETS.labels("lab").inc()
         # Kernels answer with bursts of frames: with Nagle on, the later ones wait for the
         # peer's delayed ACK (~40 ms).
         self.set_nodelay(True)
@@ -311,6 +380,7 @@ class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
             if message is None:
                 self.close(self.upstream.close_code, self.upstream.close_reason)
                 return
+            metrics.PROXY_BYTES.labels("down").inc(len(message))
             try:
                 await self.write_message(message, binary=isinstance(message, bytes))
             except tornado.websocket.WebSocketClosedError:
@@ -320,16 +390,19 @@ class LabWebSocketProxy(ProxyAuth, tornado.websocket.WebSocketHandler):
         if self.upstream is None:
             return
         activity.note(self.portal.activity, self.uid)
+        metrics.PROXY_BYTES.labels("up").inc(len(message))
         try:
             await self.upstream.write_message(message, binary=isinstance(message, bytes))
         except tornado.websocket.WebSocketClosedError:
             self.close()
 
     def on_close(self) -> None:
+        self.release()
         if self.upstream is not None:
             self.upstream.close()
         if hasattr(self, "user_id"):
             self.portal.presence.closed(self.uid, self)
+            metrics.WEBSOCKETS.labels("lab").dec()
 
     def revalidate(self, route: Route | None, owner_present: bool) -> None:
         decision = authorize(self.principal, route.access, Action.OPEN_LAB, owner_present) \

@@ -5,14 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from orchestrator.announce import Change
 from orchestrator.errors import RequestError
 from orchestrator.models import Instance, InstanceStatus
+from orchestrator.paging import count
 from sharing import members as sharing
 from sharing.models import AccessRequest
 from sharing.policy import Action
 from web.api import instance_json, iso, visible_instance
 from web.base import ApiHandler
+from web.revocation import rotate_exposed_secrets
 
 ID = r"([0-9a-f]{1,32})"
 
@@ -29,10 +33,14 @@ def request_json(r: AccessRequest, uid: str = "") -> dict[str, Any]:
 
 
 class SharingHandler(ApiHandler):
-    """Common steps: load the instance the caller may see, act, commit, revalidate."""
+    """Common steps: load the instance the caller may see, act, commit and announce (open
+    connections are re-checked on every replica)."""
 
     async def changed(self, uid: str) -> None:
         await self.portal.revalidate(uid)
+
+    async def commit(self, session: AsyncSession, uid: str) -> None:
+        await self.portal.commit(session, Change("instance", uid))
 
 
 class MembersHandler(SharingHandler):
@@ -40,7 +48,7 @@ class MembersHandler(SharingHandler):
         who = self.require_user()
         async with self.portal.db.session() as s:
             instance = await visible_instance(s, who, uid)
-            self.send([member_json(m) for m in instance.members])
+            self.send_list([member_json(m) for m in instance.members])
 
     async def post(self, uid: str) -> None:
         who = self.require_user()
@@ -61,20 +69,23 @@ class MemberHandler(SharingHandler):
         body = self.json_body()
         async with self.portal.db.session() as s:
             instance = await visible_instance(s, who, uid)
-            await sharing.change_role(s, await self.load_user(s), instance, username,
-                                      body.get("role"))
-            await s.commit()
+            before = await sharing.change_role(s, await self.load_user(s), instance, username,
+                                               body.get("role"))
             data = [member_json(m) for m in instance.members]
-        await self.changed(uid)
+            after = next(m.role for m in instance.members if m.user.username == username)
+            await self.commit(s, uid)
+        if sharing.read_secrets(before, after):
+            await rotate_exposed_secrets(self.portal, uid)
         self.send(data)
 
     async def delete(self, uid: str, username: str) -> None:
         who = self.require_user()
         async with self.portal.db.session() as s:
             instance = await visible_instance(s, who, uid)
-            await sharing.remove_member(s, await self.load_user(s), instance, username)
-            await s.commit()
-        await self.changed(uid)
+            before = await sharing.remove_member(s, await self.load_user(s), instance, username)
+            await self.commit(s, uid)
+        if sharing.read_secrets(before, None):
+            await rotate_exposed_secrets(self.portal, uid)
         self.set_status(204)
         self.finish()
 
@@ -127,7 +138,8 @@ class AccessRequestsHandler(SharingHandler):
         who = self.require_user()
         async with self.portal.db.session() as s:
             instance = await visible_instance(s, who, uid, Action.MANAGE_MEMBERS)
-            self.send([request_json(r, uid) for r in await sharing.pending_requests(s, instance)])
+            self.send_list([request_json(r, uid)
+                            for r in await sharing.pending_requests(s, instance)])
 
     async def post(self, uid: str) -> None:
         """Any logged-in user who has the instance's address may ask to join."""
@@ -169,13 +181,15 @@ class MyAccessRequestsHandler(SharingHandler):
 
     async def get(self) -> None:
         who = self.require_user()
+        page = self.page()
+        query = (select(AccessRequest, Instance.uid)
+                 .join(Instance, Instance.id == AccessRequest.instance_id)
+                 .where(AccessRequest.user_id == who.user_id)
+                 .order_by(AccessRequest.id.desc()))
         async with self.portal.db.session() as s:
-            rows = (await s.execute(
-                select(AccessRequest, Instance.uid)
-                .join(Instance, Instance.id == AccessRequest.instance_id)
-                .where(AccessRequest.user_id == who.user_id)
-                .order_by(AccessRequest.id.desc()).limit(100))).all()
-            self.send([request_json(r, uid) for r, uid in rows])
+            rows = (await s.execute(page.apply(query))).all()
+            total = await count(s, query)
+            self.send_page([request_json(r, uid) for r, uid in rows], total, page)
 
 
 class SupportJoinHandler(SharingHandler):
@@ -197,9 +211,11 @@ class SupportInstancesHandler(SharingHandler):
 
     async def get(self) -> None:
         who = self.require_user()
+        page = self.page()
         async with self.portal.db.session() as s:
-            found = await sharing.support_instances(s, who, self.get_argument("q", "").strip())
-            self.send([instance_json(i, who) for i in found])
+            found, total = await sharing.support_instances(
+                s, who, self.get_argument("q", "").strip(), page)
+            self.send_page([instance_json(i, who) for i in found], total, page)
 
 
 SHARING_ROUTES: list[tuple[str, type]] = [

@@ -10,6 +10,7 @@ import tornado.web
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from orchestrator.announce import Change
 from orchestrator.errors import RequestError
 from orchestrator.models import Instance, InstanceStatus
 from sharing import members as sharing
@@ -18,6 +19,7 @@ from sharing.models import AccessRequest
 from sharing.policy import Action, Principal, authorize
 from web.api import visible_instance
 from web.base import BaseHandler
+from web.revocation import rotate_exposed_secrets
 
 UID = r"([0-9a-f]{1,32})"
 
@@ -56,7 +58,7 @@ class SharingForm(BaseHandler):
         op = self.get_argument("op", "")
         who = self.principal
         assert who is not None
-        notice = ""
+        notice, rotate = "", False
         async with self.portal.db.session() as s:
             actor = await self.load_user(s)
             if op == "request":
@@ -72,11 +74,15 @@ class SharingForm(BaseHandler):
                 await sharing.add_member(s, actor, instance, self.get_argument("user", ""),
                                          self.get_argument("role", ""))
             elif op == "role":
-                await sharing.change_role(s, actor, instance, self.get_argument("username"),
-                                          self.get_argument("role", ""))
+                before = await sharing.change_role(s, actor, instance,
+                                                   self.get_argument("username"),
+                                                   self.get_argument("role", ""))
+                rotate = sharing.read_secrets(before, sharing.grantable_role(
+                    self.get_argument("role", "")))
             elif op in ("remove", "leave"):
-                await sharing.remove_member(s, actor, instance,
-                                            self.get_argument("username", actor.username))
+                before = await sharing.remove_member(
+                    s, actor, instance, self.get_argument("username", actor.username))
+                rotate = sharing.read_secrets(before, None)
             elif op == "invite":
                 token, _ = await sharing.create_invitation(
                     s, actor, instance, self.get_argument("role", ""),
@@ -95,8 +101,9 @@ class SharingForm(BaseHandler):
                                               self.get_argument("reason", ""))
             else:
                 raise RequestError(f"unknown sharing operation {op!r}")
-            await s.commit()
-        await self.portal.revalidate(uid)
+            await self.portal.commit(s, Change("instance", uid))
+        if rotate:
+            await rotate_exposed_secrets(self.portal, uid)
         if op == "leave":
             self.redirect("/")
         elif notice:
@@ -135,9 +142,11 @@ class SupportPage(BaseHandler):
         who = self.principal
         assert who is not None
         query = self.get_argument("q", "").strip()
+        page = self.page_args()
         async with self.portal.db.session() as s:
-            found = await sharing.support_instances(s, who, query)
-            self.render_page("support.html", instances=found, query=query)
+            found, total = await sharing.support_instances(s, who, query, page)
+            self.render_page("support.html", instances=found, query=query,
+                             pager=self.pager(page, total, len(found)))
 
 
 SHARING_PAGES: list[tuple[str, type]] = [

@@ -13,6 +13,7 @@ from typing import Any
 import tornado.web
 from sqlalchemy import select
 
+from orchestrator.announce import Change
 from orchestrator.errors import RequestError
 from orchestrator.models import ApiToken
 from orchestrator.tokens import (
@@ -90,10 +91,9 @@ class TokensPage(BaseHandler):
                 raise RequestError("no such token", 404) from None
             async with self.portal.db.session() as s:
                 digest = await revoke_token(s, who.user_id, token_id)
-                await s.commit()
-            if digest is None:
-                raise RequestError("no such token", 404)
-            self.portal.auth.revoke_digest(digest)
+                if digest is None:
+                    raise RequestError("no such token", 404)
+                await self.portal.commit(s, Change("token", digest))
             self.redirect("/tokens")
             return
         if action != "create":
@@ -121,7 +121,7 @@ class TokensApi(ApiHandler):
     async def get(self) -> None:
         who = self.require_user()
         async with self.portal.db.session() as s:
-            self.send([token_json(r) for r in await tokens_of(s, who.user_id)])
+            self.send_list([token_json(r) for r in await tokens_of(s, who.user_id)])
 
     async def post(self) -> None:
         self.require_user()
@@ -147,10 +147,9 @@ class TokenApi(ApiHandler):
         who = self.require_user()
         async with self.portal.db.session() as s:
             digest = await revoke_token(s, who.user_id, int(token_id))
-            await s.commit()
             if digest is None:
                 raise RequestError("no such token", 404)
-            self.portal.auth.revoke_digest(digest)
+            await self.portal.commit(s, Change("token", digest))
             row = await s.get(ApiToken, int(token_id))
             assert row is not None
             self.send(token_json(row))

@@ -2,6 +2,8 @@
 
 from alembic import context
 
+import orchestrator.connections
+import orchestrator.session_tickets  # noqa: F401 - registers the tickets table
 import sharing.models  # noqa: F401 - registers sharing's tables
 from orchestrator.models import Base
 

@@ -6,10 +6,13 @@ import json
 import sys
 import time
 import urllib.request
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from kubernetes import client
+
+from tests.harness.kubernetes.kubelet_double import POD_BASE_ENV
 
 if TYPE_CHECKING:
     from tests.kubernetes.conftest import K8sEnv
@@ -92,3 +95,37 @@ def _alive(pid: int) -> bool:
             return stat.read().split(") ", 1)[1][0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_pod_sees_only_the_environment_its_spec_gives_it(
+        k8s_cluster: K8sEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Like a container, a pod gets its spec's env on a minimal base, not the tester's env."""
+    if k8s_cluster.external:
+        pytest.skip("the kubelet double runs on the local harness only")
+    env, name = k8s_cluster, "harness-env"
+    monkeypatch.setenv("ATRIUM_TEST_PROCESS_ONLY", "must-not-reach-the-pod")
+    out = tmp_path / "environ.json"
+    body = {"metadata": {"name": name}, "spec": {
+        "restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+        "containers": [{
+            "name": "env", "image": "ignored",
+            "command": [sys.executable, "-c",
+                        "import json, os, sys; open(sys.argv[1], 'w').write("
+                        "json.dumps(dict(os.environ)))", str(out)],
+            "env": [{"name": "GIVEN", "value": "by-the-spec"},
+                    {"name": "POD_NAME",
+                     "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+        }]}}
+    env.core.create_namespaced_pod(env.namespace, body, _preload_content=False)
+    try:
+        _wait(lambda: out.exists() and out.read_text().endswith("}"))
+        seen = json.loads(out.read_text())
+    finally:
+        env.core.delete_namespaced_pod(name, env.namespace, _preload_content=False)
+    # (the interpreter itself may add LC_CTYPE when it coerces the C locale)
+    assert set(seen) - {"LC_CTYPE"} == {"PATH", "HOSTNAME", "HOME", "GIVEN", "POD_NAME"}
+    assert seen["GIVEN"] == "by-the-spec" and seen["POD_NAME"] == name
+    assert seen["HOSTNAME"] == name
+    assert seen["PATH"] == POD_BASE_ENV["PATH"]
+    assert seen["HOME"].endswith("/home")
+    _wait(lambda: _pod(env, name) is None)

@@ -31,9 +31,15 @@ from tests.kubernetes.k8s_helpers import (
     read,
     write_pod_config,
 )
-from tests.portal_setup import endpoints_of, start_with_catalog
+from tests.portal_setup import (
+    PORTAL_DATABASES,
+    endpoints_of,
+    portal_database,
+    start_with_catalog,
+)
 from tests.rfb_client import RfbClient
 from tests.sessions import run_code, wait_for
+from tests.sweeps import wait_for_sweeps
 
 if TYPE_CHECKING:
     from tests.kubernetes.conftest import K8sEnv
@@ -44,15 +50,23 @@ RIGHT_BUTTON = 4
 ESCAPE = 0xFF1B
 
 
+@pytest.fixture(scope="module", params=PORTAL_DATABASES)
+def portal_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+              ) -> Iterator[str]:
+    """The portal's database: this module runs on SQLite and on PostgreSQL."""
+    with portal_database(request.param, tmp_path_factory) as url:
+        yield url
+
+
 @pytest.fixture(scope="module")
-def portal(k8s_cluster: K8sEnv, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[AtriumServer]:
+def portal(k8s_cluster: K8sEnv, tmp_path_factory: pytest.TempPathFactory,
+           portal_db: str) -> Iterator[AtriumServer]:
     """``atrium serve`` with the kubernetes backend on the test cluster."""
     env = k8s_cluster
     if env.external:
         pytest.skip("needs the kubelet double: pods run the venv's JupyterLab and host data")
     state = tmp_path_factory.mktemp("k8s-portal")
-    srv = AtriumServer(f"sqlite:///{state}/atrium.db", state,
+    srv = AtriumServer(portal_db, state,
                        ATRIUM_BACKENDS="local,kubernetes",
                        ATRIUM_K8S_KUBECONFIG=str(env.kubeconfig),
                        ATRIUM_K8S_NAMESPACE=env.namespace,
@@ -204,8 +218,8 @@ async def test_pods_outlive_a_portal_crash_and_are_adopted(
     # The same JupyterLab: the kernels started before the crash are still there.
     kernels = alice.get(f"/instances/{lab}/lab/api/kernels")
     assert kernels.status_code == 200 and len(kernels.json()) >= 1
-    # Sweeps ran (one at start-up, then every 2 s): the pod was adopted, not recreated.
-    time.sleep(2.5)
+    # Whole sweeps ran since (and the work they kicked): the pod was adopted, not recreated.
+    wait_for_sweeps(portal, whole=2)
     pods = k8s_cluster.core.list_namespaced_pod(
         k8s_cluster.namespace, label_selector=f"{LABEL_INSTANCE}={lab}").items
     assert [p.metadata.uid for p in pods] == [before["metadata"]["uid"]]

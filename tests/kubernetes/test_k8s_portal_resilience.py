@@ -32,6 +32,7 @@ from tests.kubernetes.test_k8s_portal import (
 )
 from tests.portal_setup import start_with_catalog
 from tests.sessions import launch, processes_of, wait_for
+from tests.sweeps import wait_for_sweeps
 
 if TYPE_CHECKING:
     from tests.kubernetes.conftest import K8sEnv
@@ -92,19 +93,25 @@ def wait_deleted(client: httpx.Client, uid: str, timeout: float = 60) -> None:
     raise AssertionError(f"instance {uid} was not deleted; saw {seen}")
 
 
+def api_server_answers(env: K8sEnv) -> bool:
+    try:
+        env.core.list_namespaced_pod(env.namespace, limit=1, _request_timeout=5)
+        return True
+    except Exception:  # refused, reset, 503 while it starts
+        return False
+
+
 def delete_and_wait(client: httpx.Client, uid: str) -> None:
     r = client.delete(f"/api/v1/instances/{uid}")
     assert r.status_code in (202, 404, 409), r.text  # 409: being deleted already
     wait_deleted(client, uid)
 
 
-def quick_get(client: httpx.Client, path: str, within: float = 5.0) -> httpx.Response:
-    """GET ``path``, which must answer 200 within ``within`` seconds (a noisy machine)."""
-    t0 = time.monotonic()
-    r = client.get(path, timeout=within)
-    elapsed = time.monotonic() - t0
+def quick_get(client: httpx.Client, path: str) -> httpx.Response:
+    """GET ``path``, which must answer 200 while the API server is down: a handler that
+    waited on it would fail or hang (the client's timeout is a hang guard, not a measure)."""
+    r = client.get(path, timeout=60)
     assert r.status_code == 200, f"GET {path}: {r.status_code} {r.text[:300]}"
-    assert elapsed < within, f"GET {path} took {elapsed:.1f} s"
     return r
 
 
@@ -124,11 +131,8 @@ def test_pod_deleted_behind_atriums_back_marks_the_instance(
         except ApiException as exc:
             if exc.status != 404:
                 raise
-        t0 = time.monotonic()
         data = wait_for(alice, uid, {"ERROR"}, timeout=30)
-        noticed = time.monotonic() - t0
         assert "vanished" in data["reason"], data
-        print(f"ERROR {noticed:.1f} s after the pod was deleted: {data['reason']!r}")
         r = alice.delete(f"/api/v1/instances/{uid}")
         assert r.status_code == 202, r.text
         wait_deleted(alice, uid)
@@ -169,8 +173,8 @@ def test_api_server_outage_through_the_portal(portal: AtriumServer,
             assert processes_of(portal.deployment, local)
             # Pages still answer after several failed sweeps; the pod's instance is left
             # as last seen (its backend cannot be listed).
-            remaining = OUTAGE_S - (time.monotonic() - down_at)
-            time.sleep(max(remaining, 3 * INTERVAL_S))
+            wait_for_sweeps(portal, whole=3)  # each failed to list the pods
+            time.sleep(max(OUTAGE_S - (time.monotonic() - down_at), 0))  # the outage's length
             quick_get(httpx.Client(base_url=portal.url), "/healthz")
             listed = {i["uid"]: i["status"] for i in
                       quick_get(alice, "/api/v1/instances").json()}
@@ -180,7 +184,8 @@ def test_api_server_outage_through_the_portal(portal: AtriumServer,
             env.cluster.start_component("kube-apiserver")
         # Convergence: sweeps list the pods again; nothing is recreated or marked ERROR.
         back_at = time.monotonic()
-        time.sleep(5 * INTERVAL_S + 2)
+        wait_until(lambda: api_server_answers(env), 60, "the API server did not come back")
+        wait_for_sweeps(portal, whole=2)
         wait_until(lambda: alice.get(f"/instances/{lab}/lab/api/status").status_code == 200,
                    30, "the pod's JupyterLab does not answer through the proxy")
         assert alice.get(f"/api/v1/instances/{lab}").json()["status"] == "ACTIVE"

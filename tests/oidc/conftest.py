@@ -41,6 +41,8 @@ def provider_users() -> list[ProviderUser]:
         ProviderUser("oidc.ivan", "ivan-pw", "Ivan Ide", "ivan@example.org", []),
         ProviderUser("oidc.judy", "judy-pw", "Judy Jones", "judy@example.org", []),
         ProviderUser("oidc.kim", "kim-pw", "Kim Kerr", "kim@example.org", []),
+        # An admin whose admin group is taken away during a test (test_oidc_revocation.py).
+        ProviderUser("oidc.lee", "lee-pw", "Lee Lund", "lee@example.org", ["atrium-admins"]),
         ProviderUser("bad name", "x", "Bad Name", "bad@example.org", []),
         # Identity and deprovisioning (test_oidc_identity.py): dave's account exists
         # already; leo gets disabled at the provider, mia loses her admin group.

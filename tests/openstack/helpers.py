@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from spawners.base import (
@@ -14,8 +16,19 @@ from spawners.base import (
     Owner,
     ResourceState,
 )
+from spawners.cloudinit import BootSettings, MountTemplate
 from spawners.openstack import OpenStackBackend, tag
 from tests.harness.openstack.bootstrap import CloudSettings
+from tests.harness.openstack.guest.sandbox import FILE_SERVER
+
+# The harness' "file server" is the host's filesystem, read-only in every guest: data
+# sources are bind-mounted from there (a site would mount NFS or CephFS instead).
+TEST_MOUNTS = {"default": MountTemplate(device=FILE_SERVER + "{source}", fstype="none",
+                                        options="bind")}
+BOOT_CONFIG = ("mount_templates:\n  default: {device: '" + FILE_SERVER
+               + "{source}', fstype: none, options: bind}\n")
+# the experiment data the backend tests' sessions mount (created on first use)
+DATA = Path(tempfile.gettempdir()) / "atrium-os-test-data" / "20261234"
 
 
 def make_backend(cloud: CloudSettings, deployment_id: str, **kwargs: object) -> OpenStackBackend:
@@ -24,17 +37,18 @@ def make_backend(cloud: CloudSettings, deployment_id: str, **kwargs: object) -> 
         "auth": cloud.auth(), "region_name": cloud.region_name,
         "networks": [cloud.network_name],
         "security_groups": ["default", cloud.security_group], "retries": 2,
-        "backoff": 0.2, **kwargs}
+        "backoff": 0.2, "boot": BootSettings(mount_templates=TEST_MOUNTS), **kwargs}
     return OpenStackBackend(deployment_id, **options)  # type: ignore[arg-type]
 
 
 def make_spec(cloud: CloudSettings, uid: str, *, big: bool = False,
               protocols: tuple[str, ...] = ("jupyter",)) -> InstanceSpec:
+    DATA.mkdir(parents=True, exist_ok=True)
     return InstanceSpec(
         uid=uid, name=f"test {uid}", image_ref="atrium-tiny",
         flavour_ref="atrium.too-big" if big else "atrium.small", protocols=protocols,
         owner=Owner("alice", uid=2001, gid=2001),
-        mounts=(DataMount("20261234", "/data/2026/20261234", "data/20261234"),),
+        mounts=(DataMount("20261234", str(DATA), "data/20261234"),),
         secrets={"jupyter_token": f"tok-{uid}", "vnc_password": f"vnc-{uid}"})
 
 

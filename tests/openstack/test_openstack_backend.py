@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import shutil
+from dataclasses import replace
 
 import pytest
 import yaml
@@ -96,6 +97,19 @@ async def test_no_valid_host_fails_with_reason_and_leaks_nothing(
     assert await backend.list_managed() == {}
     with openstack_cloud.connect(admin=True) as conn:
         assert list(conn.network.ports(device_id=state["server_id"])) == []
+
+
+async def test_user_data_cloud_init_refuses_fails_the_server_with_the_checkers_reason(
+        openstack_cloud: CloudSettings, backend: OpenStackBackend) -> None:
+    """The harness boots like a VM: cloud-init's schema check runs first (a real VM would
+    skip the broken modules; the harness refuses, so a template regression shows)."""
+    spec = replace(make_spec(openstack_cloud, "bad-userdata-1"),
+                   boot_template="#cloud-config\nruncmd: 5\nwrite_files: {path: 1}\n")
+    state = await backend.create(spec, Checkpoints())
+    seen = await wait_for(backend, spec, state, ResourceState.FAILED, timeout=90)
+    assert "invalid user-data" in seen.reason, seen.reason
+    await backend.delete(spec.uid, state)
+    assert tagged_servers(openstack_cloud, spec.uid) == []
 
 
 async def test_list_managed_finds_orphans_and_ignores_untagged(

@@ -3,8 +3,10 @@
 The portal gets ``ATRIUM_BACKENDS=local,openstack``, the harness' clouds.yaml entry
 (``OS_CLIENT_CONFIG_FILE`` + ``ATRIUM_OS_CLOUD``), its network and security groups, and the
 plans of ``tests/openstack/catalog.yaml``. The harness' compute driver runs each server's
-user-data as local processes bound to the server's fixed IP (127.42.0.x), so an ACTIVE
-instance is a JupyterLab reached through Atrium's proxy exactly as on a real cloud.
+user-data through the real boot path (cloud-init's schema check, then its modules in a
+sandbox standing in for the VM: the owner's account, the read-only data mount, the systemd
+unit), its services bound to the server's fixed IP (127.42.0.x), so an ACTIVE instance is
+the JupyterLab that boot started, reached through Atrium's proxy as on a real cloud.
 Everything goes through the REST API and the proxy; Nova is checked with openstacksdk as
 admin. One portal for the module (each start is seconds on a busy machine).
 """
@@ -21,9 +23,16 @@ import pytest
 
 from tests.conftest import AtriumServer, cleanup_sessions
 from tests.harness.openstack.bootstrap import CloudSettings
-from tests.openstack.helpers import tagged_servers
-from tests.portal_setup import endpoints_of, start_with_catalog
+from tests.openstack.helpers import BOOT_CONFIG, tagged_servers
+from tests.openstack.test_openstack_errors import compute_quota
+from tests.portal_setup import (
+    PORTAL_DATABASES,
+    endpoints_of,
+    portal_database,
+    start_with_catalog,
+)
 from tests.sessions import run_code, wait_for
+from tests.sweeps import wait_for_sweeps
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -31,18 +40,29 @@ CATALOG = Path(__file__).with_name("catalog.yaml")
 IMAGE = "JupyterLab (VM)"
 
 
+@pytest.fixture(scope="module", params=PORTAL_DATABASES)
+def portal_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+              ) -> Iterator[str]:
+    """The portal's database: this module runs on SQLite and on PostgreSQL."""
+    with portal_database(request.param, tmp_path_factory) as url:
+        yield url
+
+
 @pytest.fixture(scope="module")
-def portal(openstack_cloud: CloudSettings, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[AtriumServer]:
+def portal(openstack_cloud: CloudSettings, tmp_path_factory: pytest.TempPathFactory,
+           portal_db: str) -> Iterator[AtriumServer]:
     """``atrium serve`` with the openstack backend on the harness cloud."""
     cloud = openstack_cloud
     state = tmp_path_factory.mktemp("os-portal")
-    srv = AtriumServer(f"sqlite:///{state}/atrium.db", state,
+    boot_config = state / "boot.yaml"  # data mounts from the harness' file server
+    boot_config.write_text(BOOT_CONFIG)
+    srv = AtriumServer(portal_db, state,
                        ATRIUM_BACKENDS="local,openstack",
                        OS_CLIENT_CONFIG_FILE=cloud.clouds_yaml,
                        ATRIUM_OS_CLOUD=cloud.cloud_name,
                        ATRIUM_OS_NETWORKS=cloud.network_name,
-                       ATRIUM_OS_SECURITY_GROUPS=f"default,{cloud.security_group}")
+                       ATRIUM_OS_SECURITY_GROUPS=f"default,{cloud.security_group}",
+                       ATRIUM_OS_BOOT_CONFIG=str(boot_config))
     start_with_catalog(srv, CATALOG, ("alice", "bob"))
     try:
         yield srv
@@ -67,13 +87,14 @@ def launch_on_vm(client: httpx.Client, name: str, flavour: str) -> str:
 
 
 def server_processes(server_id: str) -> list[int]:
-    """Live local processes of a harness "VM" (the driver runs them in its home dir)."""
+    """Live processes of a harness "VM" (its guest's, tagged ATRIUM_LAB_INSTANCE=<id>)."""
+    tag = f"ATRIUM_LAB_INSTANCE={server_id}".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            if server_id in os.readlink(entry / "cwd"):
+            if tag in (entry / "environ").read_bytes().split(b"\0"):
                 found.append(int(entry.name))
         except OSError:
             continue
@@ -128,7 +149,7 @@ def test_server_outlives_a_portal_crash(portal: AtriumServer, lab: str,
     kernels = alice.get(f"/instances/{lab}/lab/api/kernels")
     assert kernels.status_code == 200, kernels.text
     assert len(kernels.json()) >= 1
-    time.sleep(2.5)  # sweeps ran (start-up, then every 2 s): adopted, not recreated
+    wait_for_sweeps(portal, whole=2)  # and the work they kicked: adopted, not recreated
     assert [s.id for s in tagged_servers(openstack_cloud, lab)] == before
     assert alice.get(f"/api/v1/instances/{lab}").json()["status"] == "ACTIVE"
 
@@ -155,3 +176,21 @@ def test_no_valid_host_is_an_error_and_releases_the_server(
     # the reconciler deleted the FAILED server before it recorded the ERROR
     wait_until(lambda: tagged_servers(openstack_cloud, uid) == [], 10,
                lambda: f"Nova still holds {tagged_servers(openstack_cloud, uid)}")
+
+
+def test_a_nova_quota_refusal_is_the_instances_reason(
+        portal: AtriumServer, openstack_cloud: CloudSettings) -> None:
+    """Nova refuses the server (the project's instance quota is used up): the instance is
+    an ERROR whose reason names the quota, and nothing was created."""
+    alice = portal.client("alice")
+    with compute_quota(openstack_cloud, instances=0):
+        uid = launch_on_vm(alice, "over quota", "vm-small")
+        data = wait_for(alice, uid, {"ERROR"}, timeout=120)
+    assert data["reason"].startswith("OpenStack quota exceeded: "), data
+    assert "Quota exceeded for instances" in data["reason"], data
+    assert tagged_servers(openstack_cloud, uid) == []
+    assert alice.delete(f"/api/v1/instances/{uid}").status_code == 202
+    def deleted() -> bool:  # (wait_for would stop at the ERROR it starts from)
+        r = alice.get(f"/api/v1/instances/{uid}")
+        return r.status_code == 404 or r.json()["status"] == "DELETED"
+    wait_until(deleted, 60, lambda: f"not deleted: {alice.get(f'/api/v1/instances/{uid}').text}")

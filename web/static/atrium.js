@@ -1,6 +1,7 @@
 // Live status on the instance page and the dashboard: polls the REST API (cookie auth).
 (function () {
-  const SETTLED = new Set(["ACTIVE", "STOPPED", "ERROR", "DELETED", "PARTIALLY_ACTIVE"]);
+  const SETTLED = new Set(["ACTIVE", "STOPPED", "ERROR", "DELETED", "PARTIALLY_ACTIVE",
+                             "UNAVAILABLE"]);
   // When the observed status has reached what was asked for (as in the reconciler).
   const AT_REST = {
     RUNNING: new Set(["ACTIVE", "PARTIALLY_ACTIVE", "ERROR"]),
@@ -57,4 +58,19 @@
       if (ids.length !== shown.size || ids.some(id => !shown.has(id))) location.reload();
     } catch (e) { /* offline for a moment: try again next tick */ }
   }, 4000);
+})();
+
+// Behaviour the templates declare with data attributes (the pages allow no inline script).
+(function () {
+  document.addEventListener("click", (e) => {
+    const ask = e.target.closest("[data-confirm]");
+    if (ask && !confirm(ask.dataset.confirm)) e.preventDefault();
+    const select = e.target.closest("[data-select-on-click]");
+    if (select) select.select();
+  });
+  document.addEventListener("change", (e) => {
+    if (e.target.matches("[data-autosubmit]")) e.target.form.submit();
+  });
+  // A pending access request: the owner's answer appears without reloading by hand.
+  if (document.querySelector('[data-request-status="PENDING"]')) setTimeout(() => location.reload(), 3000);
 })();

@@ -28,10 +28,17 @@ What it does, per pod the real scheduler binds to its node:
 * on deletion (``deletionTimestamp``) SIGTERMs the process groups, SIGKILLs them after the
   grace period, then deletes the pod with ``grace_period_seconds=0``.
 
+Environment: like a container's, a pod's processes see only what their spec gives them
+(``env``/``envFrom``) on top of :data:`POD_BASE_ENV` (what an image's ``ENV`` and the
+runtime would add: ``PATH``, ``HOSTNAME``, ``HOME`` = the sandbox's ``home/``), never the
+test process' environment: a pod that works here does not lean on the tester's variables.
+
+configMap/secret/emptyDir volumes and ServiceAccount tokens: see :mod:`pod_files`.
+
 Deliberate differences from a kubelet: the image is ignored (an empty ``command`` means
-``args`` is the whole argv), processes run as the double's own user with its environment
-as the base, volumes other than ``hostPath`` are plain sandbox directories (emptyDir) or
-ignored (nfs, PVCs), resources are not enforced.
+``args`` is the whole argv), processes run as the double's own user, volumes other than
+``hostPath`` are plain sandbox directories (emptyDir) or ignored (nfs, PVCs), resources are
+not enforced.
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from tests.harness.kubernetes import pod_files
 from tests.harness.kubernetes.podtools import (
     Conditions,
     can_bind_mount,
@@ -71,6 +79,11 @@ from tests.harness.kubernetes.podtools import (
 
 Json = dict[str, Any]
 
+# What every container starts with before its spec's env (an image's usual ENV PATH, as
+# Docker's default); HOSTNAME (the pod name) and HOME (the sandbox's home/) are added.
+POD_BASE_ENV: dict[str, str] = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+}
 
 class _ConfigError(Exception):
     """The container's config cannot be resolved yet (e.g. a missing secret)."""
@@ -108,7 +121,7 @@ class _PodRunner(threading.Thread):
         self.policy: str = pod["spec"].get("restartPolicy", "Always")
         self.start_time = timestamp()
         self.conditions = Conditions()
-        self._stop = threading.Event()
+        self._halt = threading.Event()  # not _stop: Thread.join() calls its own _stop()
         self._delete_grace: float | None = None  # set: terminate, then delete the pod
         self._grace = 2.0
         self._last_status: Json | None = None
@@ -120,7 +133,7 @@ class _PodRunner(threading.Thread):
         """Stop the processes (SIGTERM, SIGKILL after ``grace``); delete the pod if asked."""
         self._delete_grace = grace if delete else None
         self._grace = grace
-        self._stop.set()
+        self._halt.set()
 
     def pids(self) -> list[int]:
         """Every live process of the pod's containers, descendants included."""
@@ -131,12 +144,12 @@ class _PodRunner(threading.Thread):
 
     def run(self) -> None:
         try:
-            while not self._stop.is_set():
+            while not self._halt.is_set():
                 now = time.monotonic()
                 for c in self.containers:
                     self._step(c, now)
                 self._push_status()
-                self._stop.wait(0.25)
+                self._halt.wait(0.25)
         except Exception as exc:  # a bug here must not kill the double silently
             self.kubelet.log(f"pod {self.pod_name}: runner crashed: {exc!r}")
         finally:
@@ -162,10 +175,22 @@ class _PodRunner(threading.Thread):
             c.waiting = ("CreateContainerConfigError", str(exc))
             c.next_start = now + 1.0  # the kubelet retries: the secret may appear
             return
-        argv = [expand(a, env) for a in [*(c.spec.get("command") or []),
-                                         *(c.spec.get("args") or [])]]
         mounts = host_mounts(self.pod["spec"], c.spec, self.sandbox)
         problem = prepare_mounts(mounts, self.kubelet.bind_mounts)
+        prelude: tuple[str, ...] = ()
+        try:  # configMap/secret/emptyDir volumes and the token: see pod_files
+            files = pod_files.materialise(self.pod, c.spec, self.sandbox,
+                                          self.kubelet.secret_data, self.kubelet.configmap_data)
+            pod_files.rewrite(env, files, {e["name"] for e in c.spec.get("env") or []})
+            argv = [expand(a, env) for a in [*(c.spec.get("command") or []),
+                                             *(c.spec.get("args") or [])]]
+            if pod_files.wants_token(self.pod) and self.kubelet.bind_mounts:
+                token_dir, api_env = pod_files.write_token(self.kubelet.core, self.pod,
+                                                           self.sandbox)
+                env.update(api_env)
+                prelude = tuple(pod_files.token_prelude(token_dir))
+        except (pod_files.VolumeMissing, ApiException) as exc:
+            problem = f"MountVolume.SetUp failed: {exc}"
         if problem:
             c.waiting = ("ContainerCreating", problem)  # the kubelet retries the mount
             c.next_start = now + 1.0
@@ -174,8 +199,8 @@ class _PodRunner(threading.Thread):
         try:
             if not argv:
                 raise OSError("no command: the kubelet double ignores image entrypoints")
-            if mounts and self.kubelet.bind_mounts:
-                argv = in_mount_namespace(argv, mounts, env.get("PATH", ""))
+            if (mounts or prelude) and self.kubelet.bind_mounts:
+                argv = in_mount_namespace(argv, mounts, env.get("PATH", ""), prelude)
             c.proc = subprocess.Popen(argv, env=env, cwd=self.sandbox / "home",
                                       stdin=subprocess.DEVNULL, stdout=log,
                                       stderr=subprocess.STDOUT, start_new_session=True)
@@ -259,7 +284,8 @@ class _PodRunner(threading.Thread):
         raise _ConfigError(f"unsupported fieldRef {path!r}")
 
     def _env(self, spec: Json) -> dict[str, str]:
-        env = dict(os.environ)
+        """The container's environment: POD_BASE_ENV, then envFrom, then env, then HOME."""
+        env = {**POD_BASE_ENV, "HOSTNAME": self.pod_name}
         for source in spec.get("envFrom") or []:
             prefix = source.get("prefix", "")
             if "secretRef" in source:
@@ -343,7 +369,7 @@ class _PodRunner(threading.Thread):
             self._last_status = status
         except ApiException as exc:
             if exc.status == 404:
-                self._stop.set()  # the pod is gone: nothing left to report to
+                self._halt.set()  # the pod is gone: nothing left to report to
             else:
                 self.kubelet.log(f"pod {self.pod_name}: status update failed: {exc.status}")
         except Exception as exc:  # API server unreachable (an outage): retry next round,

@@ -185,13 +185,14 @@ def prepare_mounts(mounts: list[HostMount], bind: bool) -> str:
     return ""
 
 
-def in_mount_namespace(argv: list[str], mounts: list[HostMount], path: str) -> list[str]:
+def in_mount_namespace(argv: list[str], mounts: list[HostMount], path: str,
+                       prelude: tuple[str, ...] = ()) -> list[str]:
     """``argv`` run in a private mount namespace where each mount is a bind mount (remounted
     read-only when asked: writes then fail with EROFS, even for root). The command is looked
     up first (``path``), so a missing one fails to start as with a real runtime."""
     if shutil.which(argv[0], path=path) is None:
         raise FileNotFoundError(f"executable file not found: {argv[0]!r}")
-    lines = []
+    lines = list(prelude)  # more mount commands (e.g. the ServiceAccount token's)
     for mount in mounts:
         source, target = shlex.quote(mount.source), shlex.quote(str(mount.target))
         lines.append(f"mount --bind {source} {target}"

@@ -7,7 +7,10 @@ scheduler, compute with the harness driver) from the services venv built by
 * fresh databases ``atrium_os_<suffix>_*`` and a fresh RabbitMQ vhost per cloud, dropped
   by :meth:`LocalCloud.stop` (and by the next start if a crashed run left them behind);
 * every API on a free 127.0.0.1 port; state, configs and logs in ``/tmp/atrium-openstack/
-  <suffix>`` (``ATRIUM_OS_RUN_BASE``), removed on stop unless ``ATRIUM_OS_KEEP=1``;
+  <suffix>`` (``ATRIUM_OS_RUN_BASE``), removed on stop unless ``ATRIUM_OS_KEEP=1``. Nothing
+  is written anywhere else but the harness cache (services venv, Keystone's key
+  repositories): every option a service could default to a host path (/etc/keystone,
+  /var/lib/nova, ...) is set in ``etc/*.conf`` (checked by ``system_paths.py``);
 * bootstrap: an ``atrium`` project and user (member role, unlimited quotas), a normal and
   a too-big flavour, a tiny public image, a network with a 127.42.0.0/24 subnet, and a
   security group opening the JupyterLab port.
@@ -19,7 +22,6 @@ settings and stops it on Ctrl-C.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import secrets
@@ -36,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from tests.harness.openstack import bootstrap, procs, schema
+from tests.harness.openstack import bootstrap, keystone_keys, procs, schema
 from tests.harness.openstack.bootstrap import CloudSettings
 from tests.harness.openstack.procs import HarnessError
 
@@ -54,6 +56,13 @@ CATALOGUE = {  # service type -> (service name = key of LocalCloud.ports, URL pa
     "image": ("glance", ""),
     "network": ("neutron", ""),
 }
+
+
+# Where services would keep state by default: a cloud must leave these as it found them.
+_SERVICES = ("keystone", "nova", "glance", "neutron", "placement")
+HOST_PATHS = (*(f"/etc/{name}" for name in _SERVICES),
+              *(f"/var/{kind}/{name}" for kind in ("lib", "log", "run") for name in _SERVICES),
+              "/tmp/staging")
 
 
 def default_venv() -> Path:
@@ -102,6 +111,9 @@ class LocalCloud:
         self._lock = threading.Lock()
         self._vhost_created = False
         self.settings: CloudSettings | None = None
+        self._keys = Path()  # Keystone's cached key repositories (build_templates)
+        # which HOST_PATHS existed before this cloud started (a test compares after)
+        self.host_paths_before = {p for p in HOST_PATHS if Path(p).exists()}
         self.timings: dict[str, float] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -192,21 +204,22 @@ class LocalCloud:
 
     # -- preparation -------------------------------------------------------------------
 
+    def build_templates(self, prefix: str = schema.PREFIX) -> dict[str, str]:
+        """Keystone's keys and the template databases (cached: built only when missing)."""
+        cache = default_venv().parent
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self._keys = keystone_keys.ensure(self.venv, cache, self._env())
+        return schema.ensure_templates(
+            self.venv, self._render_template, cache, self._env(),
+            seed=self._seed_keystone, seed_key=SEED_VERSION, prefix=prefix)
+
     def _prepare(self) -> None:
         for d in (self.etc, self.logs, self.data / "locks", self.data / "neutron",
                   self.data / "nova" / "instances"):
             d.mkdir(parents=True, exist_ok=True)
         self._write_session()
-        # what `keystone-manage fernet_setup` / `credential_setup` would write
-        for repo in ("fernet-keys", "credential-keys"):
-            (self.data / repo).mkdir(mode=0o700)
-            for index in ("0", "1"):
-                key = self.data / repo / index
-                key.write_bytes(base64.urlsafe_b64encode(os.urandom(32)))
-                key.chmod(0o600)
-        templates = schema.ensure_templates(
-            self.venv, self._render, default_venv().parent, self._env(),
-            seed=self._seed_keystone, seed_key=SEED_VERSION)
+        templates = self.build_templates()
+        keystone_keys.install(self._keys, self.data)
         schema.clone(templates, self.dbs)
         self._vhost_created = procs.create_vhost(self.vhost)
         self._render(self.etc, self.dbs)
@@ -227,12 +240,18 @@ class LocalCloud:
                    f" 'http://127.0.0.1:{self.ports[name]}')")
         procs.psql(f"UPDATE endpoint SET url = {url}", db=self.dbs["keystone"])
 
+    def _render_template(self, etc: Path, dbs: dict[str, str]) -> None:
+        """The configs of a template build: its state beside ``etc``, in its temp dir."""
+        self._render(etc, dbs, data=etc.parent / "data")
+
     def _seed_keystone(self, etc: Path, dbs: dict[str, str]) -> None:
         """Seed Keystone's template: admin, service users and roles, the catalogue.
 
         Runs once per template (not per cloud): `keystone-manage bootstrap`, then a
         short-lived Keystone on a spare port for the API calls. URLs are placeholders.
+        ``etc`` holds configs from :meth:`_render_template`.
         """
+        keystone_keys.install(self._keys, etc.parent / "data")
         identity = PLACEHOLDER.format("keystone") + "/v3"
         procs.run([self._bin("keystone-manage"), "--config-file", str(etc / "keystone.conf"),
                    "bootstrap", "--bootstrap-password", PASSWORD,
@@ -266,12 +285,17 @@ class LocalCloud:
     def _transport_url(self) -> str:
         return procs.rabbit_url(self.vhost if self._vhost_created else "")
 
-    def _render(self, etc: Path, dbs: dict[str, str]) -> None:
-        """Write every service's config for databases ``dbs`` into ``etc``."""
+    def _render(self, etc: Path, dbs: dict[str, str], data: Path | None = None) -> None:
+        """Write every service's config for databases ``dbs`` into ``etc``.
+
+        State goes to ``data`` (default: this cloud's data dir), configs and the files
+        they name (empty policy files: the services' defaults) to ``etc``.
+        """
         etc.mkdir(parents=True, exist_ok=True)
         keystone = f"http://127.0.0.1:{self.ports['keystone']}"
         values = {
-            "logs": str(self.logs), "data": str(self.data), "venv": str(self.venv),
+            "logs": str(self.logs), "data": str(data or self.data), "etc": str(etc),
+            "venv": str(self.venv),
             "transport_url": self._transport_url(),
             # without our own vhost, isolate clouds by exchange names on "/"
             "exchange_prefix": "" if self._vhost_created else f"atrium-{self.suffix}-",
@@ -284,6 +308,7 @@ class LocalCloud:
         for tmpl in (HERE / "etc").glob("*.conf"):
             text = string.Template(tmpl.read_text()).substitute(values)
             (etc / tmpl.name).write_text(text)
+        (etc / "policy.yaml").write_text("{}\n")
         # nova's WSGI app loads its paste pipeline from the first file of its config dir
         shutil.copy(self.venv / "etc" / "nova" / "api-paste.ini", etc / "api-paste.ini")
 

@@ -7,7 +7,8 @@
 #     list and interpreter (stamp = sha256 of both); re-installs only the plugin package when the plugins
 #     changed (stamp = sha256 of plugins/ sources);
 #   * prints the venv path as its LAST line of stdout, so callers can `tail -1`;
-#   * progress goes to stderr; an interrupted build is redone (the stamp is written last).
+#   * progress goes to stderr; an interrupted build is redone (the stamp is written last);
+#   * one install at a time (flock on <venv>.lock).
 # Env: XDG_CACHE_HOME (cache root), ATRIUM_OPENSTACK_VENV (override the venv path),
 #      ATRIUM_PYTHON (interpreter for the venv, default python3).
 set -euo pipefail
@@ -35,6 +36,10 @@ base_hash="$( { printf '%s\n' "${PACKAGES[@]}"; "$python" -VV; } | sha256sum | c
 # Only the pip-installed plugin package; plugins/novavirt is loaded from the tree at run time.
 plugin_hash="$(cd "$here/plugins" && find pyproject.toml atrium_oslab -type f \( -name '*.py' -o -name '*.toml' \) \
   -not -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)"
+
+mkdir -p "$(dirname "$venv")"
+exec 9>"$venv.lock"
+flock 9  # two test runs (or ./dev and a test) installing at once must not share the venv
 
 if [[ -f "$venv/.atrium-base-hash" && "$(cat "$venv/.atrium-base-hash")" == "$base_hash" ]]; then
   log "services venv up to date ($venv)"

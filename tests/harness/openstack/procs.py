@@ -8,19 +8,29 @@ this harness started and nothing else.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import signal
 import socket
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-PG_HOST = os.environ.get("ATRIUM_OS_PG_HOST", "127.0.0.1")
-PG_PORT = int(os.environ.get("ATRIUM_OS_PG_PORT", "5432"))
-PG_USER = os.environ.get("ATRIUM_OS_PG_USER", "postgres")
+# The PostgreSQL login: the tests' own (ATRIUM_TEST_PG, which ./dev sets, password included:
+# a fresh Debian cluster asks for one on TCP), each part overridable by ATRIUM_OS_PG_*.
+_TEST_PG = urllib.parse.urlsplit(os.environ.get("ATRIUM_TEST_PG",
+                                                "postgresql://postgres@127.0.0.1:5432"))
+PG_HOST = os.environ.get("ATRIUM_OS_PG_HOST", _TEST_PG.hostname or "127.0.0.1")
+PG_PORT = int(os.environ.get("ATRIUM_OS_PG_PORT", _TEST_PG.port or 5432))
+PG_USER = os.environ.get("ATRIUM_OS_PG_USER",
+                         urllib.parse.unquote(_TEST_PG.username or "postgres"))
+PG_PASSWORD = os.environ.get("ATRIUM_OS_PG_PASSWORD",
+                             urllib.parse.unquote(_TEST_PG.password or ""))
 RABBIT_HOST = os.environ.get("ATRIUM_OS_RABBIT_HOST", "127.0.0.1")
 RABBIT_PORT = int(os.environ.get("ATRIUM_OS_RABBIT_PORT", "5672"))
 RABBIT_CREDS = os.environ.get("ATRIUM_OS_RABBIT_CREDS", "guest:guest")
@@ -54,6 +64,18 @@ def run(argv: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None,
     if proc.returncode != 0:
         raise HarnessError(f"{argv[0]} {' '.join(argv[1:3])} failed ({proc.returncode}):\n"
                            + tail(log))
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) for the ``with`` body."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def free_port() -> int:
@@ -206,14 +228,20 @@ def psql(*commands: str, db: str = "postgres") -> str:
             "-v", "ON_ERROR_STOP=1", "-qAtX"]
     for cmd in commands:
         argv += ["-c", cmd]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    env = {**os.environ, "PGPASSWORD": PG_PASSWORD} if PG_PASSWORD else None
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False,
+                          env=env)
     if proc.returncode != 0:
         raise HarnessError(f"psql failed: {proc.stderr.strip()}")
     return proc.stdout.strip()
 
 
 def pg_url(db: str) -> str:
-    return f"postgresql+psycopg2://{PG_USER}@{PG_HOST}:{PG_PORT}/{db}"
+    """The services' SQLAlchemy URL of database ``db`` (with the password, if any)."""
+    login = urllib.parse.quote(PG_USER, safe="")
+    if PG_PASSWORD:
+        login += ":" + urllib.parse.quote(PG_PASSWORD, safe="")
+    return f"postgresql+psycopg2://{login}@{PG_HOST}:{PG_PORT}/{db}"
 
 
 def create_databases(names: Sequence[str]) -> None:

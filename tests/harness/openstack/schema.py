@@ -5,18 +5,18 @@ a migrated database in well under a second (``CREATE DATABASE ... TEMPLATE``). T
 templates hold the schemas, plus Keystone's admin, service users and catalogue (seeded
 with placeholder URLs that each cloud rewrites to its ports); they are named
 ``atrium_os_tmpl_<key>_<service>`` where ``<key>`` hashes the services venv's package
-stamp and this harness' migration steps, and are rebuilt when the key changes (old ones
-are dropped). A build runs under a file lock, into ``*_wip`` databases renamed at the very
-end, so a crashed build is never mistaken for a finished one.
+stamp and this harness' migration steps, and are rebuilt when the key changes. A build
+runs under a file lock, into ``*_wip`` databases renamed at the very end, so a crashed
+build is never mistaken for a finished one; it drops crashed builds and the templates of
+other keys created more than :data:`STALE_AFTER` ago (checkouts of different harness
+versions share one PostgreSQL: a fresh template of another key may be in use right now).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,6 +26,7 @@ HERE = Path(__file__).resolve().parent
 DATABASES = ("keystone", "glance", "placement", "neutron", "nova_api", "nova_cell0",
              "nova_cell1")
 PREFIX = "atrium_os_tmpl_"
+STALE_AFTER = "1 day"  # a PostgreSQL interval
 
 
 Seeder = Callable[[Path, dict[str, str]], None]
@@ -43,39 +44,44 @@ def template_key(venv: Path, seed_key: str = "") -> str:
     return digest.hexdigest()[:10]
 
 
+def _like(prefix: str) -> str:
+    return prefix.replace("_", "\\_") + "%"
+
+
 def _existing(prefix: str) -> set[str]:
-    out = procs.psql(f"SELECT datname FROM pg_database WHERE datname LIKE '{prefix}%'")
+    out = procs.psql(f"SELECT datname FROM pg_database WHERE datname LIKE '{_like(prefix)}'")
     return set(out.split()) if out else set()
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def _stale(prefix: str, key: str) -> list[str]:
+    """Crashed builds, and other keys' templates older than STALE_AFTER (by creation time:
+    that of the database's PG_VERSION file)."""
+    out = procs.psql(
+        f"SELECT datname FROM pg_database WHERE datname LIKE '{_like(prefix)}'"
+        f" AND (datname LIKE '%\\_wip' OR (datname NOT LIKE '{_like(prefix + key)}' AND"
+        f" (pg_stat_file('base/' || oid || '/PG_VERSION')).modification"
+        f" < now() - interval '{STALE_AFTER}'))")
+    return sorted(out.split()) if out else []
 
 
 def ensure_templates(venv: Path, render: procs.ConfigRenderer, lock_dir: Path,
                      env: dict[str, str], seed: Seeder | None = None,
-                     seed_key: str = "") -> dict[str, str]:
+                     seed_key: str = "", prefix: str = PREFIX) -> dict[str, str]:
     """Return {service: template database}, building the templates first if needed.
 
     ``render(etc_dir, dbs)`` writes the service configs for the databases ``dbs`` (the
     migrations only read the database URLs from them); ``seed`` then runs against the
     migrated databases (``seed_key`` names its version, part of the template key).
+    ``prefix`` (default :data:`PREFIX`) lets a test build a set of its own.
     """
     key = template_key(venv, seed_key)
-    names = {db: f"{PREFIX}{key}_{db}" for db in DATABASES}
-    if set(names.values()) <= _existing(PREFIX + key):
+    names = {db: f"{prefix}{key}_{db}" for db in DATABASES}
+    if set(names.values()) <= _existing(prefix + key):
         return names
-    with _file_lock(lock_dir / "openstack-templates.lock"):
-        if set(names.values()) <= _existing(PREFIX + key):
+    with procs.file_lock(lock_dir / "openstack-templates.lock"):  # one build at a time
+        if set(names.values()) <= _existing(prefix + key):
             return names  # another test run built them while we waited
-        procs.drop_databases(sorted(_existing(PREFIX)))  # stale keys, crashed builds
+        procs.drop_databases(_stale(prefix, key) + [f"{n}_wip" for n in names.values()])
         wip = {db: f"{name}_wip" for db, name in names.items()}
         procs.create_databases(list(wip.values()))
         with tempfile.TemporaryDirectory(prefix="atrium-os-schema-") as tmp:

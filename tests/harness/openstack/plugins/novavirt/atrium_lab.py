@@ -1,45 +1,47 @@
-"""Nova compute driver of Atrium's test harness: fake VMs that really run their session.
+"""Nova compute driver of Atrium's test harness: fake VMs that really boot their user-data.
 
 Loaded by nova-compute as ``nova.virt.atrium_lab`` (see ../../nova_compute.py). It is nova's
 ``FakeDriverWithoutFakeNodes`` (stable node id, fixed capacity, instances in memory only)
-plus one thing: when a server's user-data is Atrium cloud-config, "booting" the server runs
-the services it describes as local processes bound to the server's fixed IP, so a server
-on the harness network (a 127.0.0.0/8 subnet) really serves JupyterLab at
-``http://<fixed ip>:<port>``.
+plus a guest: a server whose user-data is a cloud-config boots it the way a VM would,
+in a sandbox standing in for the VM (tests/harness/openstack/guest):
 
-What it reads from the user-data (rendered from images/boot/cloud-init.yaml.j2):
+* at spawn, the user-data must pass cloud-init's own schema check (``cloud-init schema``),
+  else the server goes to ERROR with the checker's message as its fault;
+* the guest's init executes what cloud-init would (bootcmd, write_files, users, mounts,
+  runcmd: Atrium's boot script creates the owner, mounts the data read-only and starts the
+  systemd units, which run as the owner) on a per-server disk kept across reboots; later
+  boots start the enabled units again, as systemd would;
+* the guest shares the host's network: its services listen on the server's fixed IP (a
+  127.0.0.0/8 address on the harness network; servers without one boot nothing), and the
+  host's filesystem is the "file server", visible read-only at /run/atrium-lab/host in
+  every guest (a test mount template points there).
 
-* ``atrium.services.<name>.argv``: the command; ``${VAR}`` is expanded from the service's
-  ``environment_file`` (itself taken from ``write_files``) like systemd does; ``0.0.0.0``
-  in an argument becomes the fixed IP.
-* Nothing else: accounts and mounts are not emulated (the host has no such users or
-  shares); the process runs as nova-compute's user in a per-server scratch home.
+Power off / destroy kill the guest (its PID namespace dies with it); power on / reboot boot
+it again. Every guest's process group is also recorded in ``<state_path>/atrium-lab/
+*.pgid`` so the harness can kill leftovers even if nova-compute itself died.
 
-Power off / destroy kill the server's process groups; power on / reboot start them again.
-Every process group is also recorded in ``<state_path>/atrium-lab/*.pgid`` so the harness
-can kill leftovers even if nova-compute itself died.
-
-Env: ``ATRIUM_LAB_PATH`` is prepended to PATH to find the commands (e.g. the venv holding
-JupyterLab); ``ATRIUM_LAB_PYTHONPATH`` becomes the services' PYTHONPATH (where the image's
-Python modules, e.g. ``images.jupyter_identity``, live); ``ATRIUM_LAB_RUN_SESSIONS=0``
-disables running anything.
+Env: ``ATRIUM_LAB_PATH`` is prepended to the services' PATH (e.g. the venv holding
+JupyterLab: the "image" software; venvs are made visible in the guest, with their base
+interpreter); ``ATRIUM_LAB_PYTHONPATH`` becomes their PYTHONPATH (where the image's Python
+modules, e.g. ``images.jupyter_identity``, live); ``ATRIUM_LAB_RUN_SESSIONS=0`` disables
+booting anything.
 """
 
 from __future__ import annotations
 
 import base64
+import importlib.util
 import ipaddress
 import os
-import shlex
 import shutil
 import signal
-import string
 import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
-import yaml
+from nova import exception
 from nova.virt import fake
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -48,7 +50,19 @@ LOG = logging.getLogger(__name__)
 CONF = cfg.CONF
 
 
-def _user_data_doc(instance: Any) -> dict[str, Any] | None:
+def _load_sandbox() -> Any:
+    path = Path(__file__).resolve().parents[2] / "guest" / "sandbox.py"
+    spec = importlib.util.spec_from_file_location("atrium_guest_sandbox", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+sandbox = _load_sandbox()
+
+
+def _user_data(instance: Any) -> str | None:
     """The decoded cloud-config of ``instance``, or None when it isn't one."""
     raw = getattr(instance, "user_data", None)
     if not raw:
@@ -57,31 +71,25 @@ def _user_data_doc(instance: Any) -> dict[str, Any] | None:
         text = base64.b64decode(raw).decode("utf-8")
     except (ValueError, UnicodeDecodeError):
         return None
-    if not text.startswith("#cloud-config"):
-        return None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return None
-    return doc if isinstance(doc, dict) else None
+    return text if text.startswith("#cloud-config") else None
 
 
-def _environment(doc: dict[str, Any], path: str | None) -> dict[str, str]:
-    """Parse the ``KEY=value`` lines of the write_files entry at ``path`` (shell quoting)."""
-    if not path:
-        return {}
-    for entry in doc.get("write_files") or []:
-        if isinstance(entry, dict) and entry.get("path") == path:
-            env: dict[str, str] = {}
-            for line in str(entry.get("content", "")).splitlines():
-                line = line.strip()
-                if not line or line.startswith("#") or "=" not in line:
-                    continue
+def _visible(lab_path: str, pythonpath: str) -> list[str]:
+    """Host dirs the guest must see: the lab venvs (with their base interpreter) and the
+    PYTHONPATH entries (the host's /root and /tmp are hidden in guests)."""
+    found: set[str] = set()
+    for entry in filter(None, [*lab_path.split(os.pathsep), *pythonpath.split(os.pathsep)]):
+        path = Path(entry)
+        cfg_file = path.parent / "pyvenv.cfg"
+        if cfg_file.exists():
+            found.add(str(path.parent))
+            for line in cfg_file.read_text().splitlines():
                 key, _, value = line.partition("=")
-                parts = shlex.split(value) if value else [""]
-                env[key.strip()] = parts[0] if parts else ""
-            return env
-    return {}
+                if key.strip() == "home":
+                    found.add(str(Path(value.strip()).parent))
+        elif path.exists():
+            found.add(str(path))
+    return sorted(found)
 
 
 def _fixed_ipv4(network_info: Any) -> str | None:
@@ -113,6 +121,14 @@ class AtriumLabDriver(fake.FakeDriverWithoutFakeNodes):  # type: ignore[misc]
               admin_password: Any, allocations: Any, network_info: Any = None,
               block_device_info: Any = None, power_on: bool = True,
               accel_info: Any = None) -> None:
+        text = _user_data(instance)
+        if text is not None and os.environ.get("ATRIUM_LAB_RUN_SESSIONS", "1") != "0":
+            path = self._write_user_data(instance.uuid, text)
+            try:
+                sandbox.validate(path)
+            except sandbox.GuestError as err:
+                # (InvalidInput: a build abort with this message as the fault, no reschedule)
+                raise exception.InvalidInput(reason=str(err)) from err
         super().spawn(context, instance, image_meta, injected_files, admin_password,
                       allocations, network_info, block_device_info, power_on, accel_info)
         if network_info:
@@ -154,58 +170,43 @@ class AtriumLabDriver(fake.FakeDriverWithoutFakeNodes):  # type: ignore[misc]
     def _instance_dir(self, uuid: str) -> str:
         return os.path.join(CONF.instances_path, uuid)
 
+    def _write_user_data(self, uuid: str, text: str) -> Path:
+        path = Path(self._instance_dir(uuid)) / "user-data"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
     def _boot(self, instance: Any, network_info: Any) -> None:
-        """Start the services of ``instance``'s Atrium user-data, if it has any."""
+        """Boot ``instance``'s guest from its cloud-config user-data, if it has one."""
         if os.environ.get("ATRIUM_LAB_RUN_SESSIONS", "1") == "0":
             return
-        doc = _user_data_doc(instance)
-        section = doc.get("atrium") if doc else None
-        if not doc or not isinstance(section, dict):
+        text = _user_data(instance)
+        if text is None:
             return
         address = _fixed_ipv4(network_info or self._network_info.get(instance.uuid))
         if address is None or not ipaddress.ip_address(address).is_loopback:
             # never bind anything outside 127.0.0.0/8 on the test machine
-            LOG.info("atrium-lab: %s has no loopback fixed IP (%s): not running services",
+            LOG.info("atrium-lab: %s has no loopback fixed IP (%s): not booting it",
                      instance.uuid, address)
             return
-        home = os.path.join(self._instance_dir(instance.uuid), "home")
-        os.makedirs(home, exist_ok=True)
-        services = section.get("services") or {}
-        for name, svc in services.items():
-            if isinstance(svc, dict) and svc.get("argv"):
-                self._start_service(instance.uuid, str(name), svc, doc, address, home)
-
-    def _start_service(self, uuid: str, name: str, svc: dict[str, Any],
-                       doc: dict[str, Any], address: str, home: str) -> None:
-        svc_env = _environment(doc, svc.get("environment_file"))
-        argv = [string.Template(str(a)).safe_substitute(svc_env).replace("0.0.0.0", address)
-                for a in svc["argv"]]
-        path = os.environ.get("ATRIUM_LAB_PATH", "")
-        search = os.pathsep.join(p for p in (path, os.environ.get("PATH", "")) if p)
-        exe = shutil.which(argv[0], path=search)
-        if exe is None:
-            LOG.warning("atrium-lab: %s: %r not found, service %s not started",
-                        uuid, argv[0], name)
-            return
-        argv[0] = exe
-        if os.path.basename(exe).startswith("jupyter") and os.geteuid() == 0:
-            # the guest runs it as the owner; here we are root and have no such user
-            argv.append("--allow-root")
-        env = {"PATH": search, "HOME": home, "LANG": "C.UTF-8", **svc_env}
-        if os.environ.get("ATRIUM_LAB_PYTHONPATH"):  # e.g. where images.jupyter_identity is
-            env["PYTHONPATH"] = os.environ["ATRIUM_LAB_PYTHONPATH"]
-        if "ATRIUM_OS_RUN" in os.environ:  # lets the harness find and kill leftovers
-            env["ATRIUM_OS_RUN"] = os.environ["ATRIUM_OS_RUN"]
-        log_path = os.path.join(self._instance_dir(uuid), f"{name}.log")
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(argv, cwd=home, env=env, stdin=subprocess.DEVNULL,
-                                    stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-        with open(os.path.join(self._pgid_dir, f"{uuid}.{name}.pgid"), "w") as f:
+        uuid = instance.uuid
+        user_data = self._write_user_data(uuid, text)
+        lab_path = os.environ.get("ATRIUM_LAB_PATH", "")
+        pythonpath = os.environ.get("ATRIUM_LAB_PYTHONPATH", "")
+        # (ATRIUM_OS_RUN tags the guest's processes for the harness' clean-up; a test
+        # finds one server's processes by ATRIUM_LAB_INSTANCE)
+        extra = {"ATRIUM_LAB_INSTANCE": uuid,
+                 **{k: os.environ[k] for k in ("ATRIUM_OS_RUN",) if k in os.environ}}
+        proc = sandbox.boot(
+            Path(self._instance_dir(uuid)) / "disk", user_data, hostname=f"vm-{uuid[:8]}",
+            address=address, log=Path(self._instance_dir(uuid)) / "console.log",
+            lab_path=lab_path, lab_pythonpath=pythonpath,
+            visible=_visible(lab_path, pythonpath), extra_env=extra)
+        with open(os.path.join(self._pgid_dir, f"{uuid}.guest.pgid"), "w") as f:
             f.write(str(proc.pid))
         with self._lock:
             self._procs.setdefault(uuid, []).append(proc)
-        LOG.info("atrium-lab: %s: started %s (pid %d) on %s", uuid, name, proc.pid, address)
+        LOG.info("atrium-lab: %s: guest booting (pid %d) on %s", uuid, proc.pid, address)
 
     def _halt(self, uuid: str) -> None:
         """Kill every process group of the server; waits at most ~5 s, then SIGKILL."""

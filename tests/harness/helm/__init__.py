@@ -1,0 +1,1 @@
+"""Real Helm for the tests: see :mod:`tests.harness.helm.sdk`."""
