@@ -25,6 +25,7 @@ import yaml
 
 from orchestrator.errors import RequestError
 from orchestrator.models import QuotaScope, Role
+from spawners.cloudinit import check_boot_template
 
 PROTOCOLS = ("jupyter", "desktop")
 BACKENDS = ("local", "kubernetes", "openstack")
@@ -309,12 +310,16 @@ def parse_image(data: Mapping[str, Any], where: str, problems: list[str]) -> Ima
         protocols = c.words("protocols", PROTOCOLS, "protocol")
         if data["protocols"] == []:
             c.problem("protocols must name at least one of jupyter, desktop", "protocols")
+    boot_template = c.text("boot_template", max_length=100_000)
+    refused = check_boot_template(boot_template)
+    if refused:
+        c.problem(f"boot_template: {refused}", "boot_template")
     return ImageSpec(
         name=c.text("name", required=True, max_length=128),
         version=c.text("version", max_length=64),
         description=c.text("description", max_length=10_000),
         icon=c.text("icon"), protocols=protocols, backend_refs=c.refs("backend_refs"),
-        boot_template=c.text("boot_template", max_length=100_000),
+        boot_template=boot_template,
         visible=c.flag("visible", True), deprecated=c.flag("deprecated", False),
         line=c.line_of())
 

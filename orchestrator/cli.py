@@ -102,12 +102,39 @@ async def cmd_token_create(settings: Settings, args: argparse.Namespace) -> int:
             user = await s.scalar(select(User).where(User.username == args.username))
             if user is None:
                 raise RequestError(f"no user {args.username!r}")
-            lifetime = dt.timedelta(days=args.expires_days) if args.expires_days else None
+            days = args.expires_days or settings.token_default_days
+            if not 1 <= days <= settings.token_max_days:
+                raise RequestError(f"--expires-days must be between 1 and "
+                                   f"{settings.token_max_days} (ATRIUM_TOKEN_MAX_DAYS)")
+            lifetime = dt.timedelta(days=days)
             token = await create_token(s, user, args.name, lifetime)
             await s.commit()
     finally:
         await db.close()
     print(token)
+    return 0
+
+
+async def cmd_user_link(settings: Settings, args: argparse.Namespace) -> int:
+    """Tie an existing account to a provider identity (the admin's answer to a refused
+    first login: "an Atrium account named X already exists")."""
+    from orchestrator.logins import IdentityConflict, link_identity
+
+    issuer = (args.issuer or settings.oidc_issuer).rstrip("/")
+    if not issuer:
+        raise RequestError("give --issuer or set ATRIUM_OIDC_ISSUER")
+    db = _db(settings)
+    try:
+        await db.check_schema()
+        async with db.session() as s:
+            try:
+                await link_identity(s, args.username, issuer, args.subject)
+            except IdentityConflict as err:
+                raise RequestError(str(err)) from None
+            await s.commit()
+    finally:
+        await db.close()
+    print(f"{args.username} is linked to {args.subject} at {issuer}")
     return 0
 
 
@@ -131,7 +158,15 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("username")
     create.add_argument("--name", default="cli", help="a label for the token")
     create.add_argument("--expires-days", type=int, default=0,
-                        help="days until the token expires (default: never)")
+                        help="days until the token expires (default: "
+                             "ATRIUM_TOKEN_DEFAULT_DAYS)")
+    user = sub.add_parser("user", help="accounts").add_subparsers(dest="user_command",
+                                                                   required=True)
+    link = user.add_parser("link", help="link USERNAME to the provider's SUBJECT (its first "
+                                        "login was refused: the account already existed)")
+    link.add_argument("username")
+    link.add_argument("subject", help="the provider's 'sub' (shown on the refused login page)")
+    link.add_argument("--issuer", help="default: ATRIUM_OIDC_ISSUER")
     cli_catalog.add_parsers(sub)
     return p
 
@@ -139,7 +174,7 @@ def parser() -> argparse.ArgumentParser:
 COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "serve": cmd_serve, "demo": cmd_demo, "db upgrade": cmd_db_upgrade,
     "db current": cmd_db_current, "sync-experiments": cmd_sync,
-    "token create": cmd_token_create,
+    "token create": cmd_token_create, "user link": cmd_user_link,
     **cli_catalog.COMMANDS,
 }
 
@@ -151,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
     name = " ".join(filter(None, [args.command, getattr(args, "db_command", None),
                                   getattr(args, "token_command", None),
+                                  getattr(args, "user_command", None),
                                   getattr(args, "catalog_command", None)]))
     env = dict(os.environ)
     if args.command == "demo":

@@ -15,6 +15,7 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from orchestrator.models import (
+    ApiToken,
     LoginSession,
     PendingLogin,
     Role,
@@ -141,6 +142,23 @@ async def claim_provider_check(session: AsyncSession, digest: str,
     return await session.get(LoginSession, digest)
 
 
+async def due_provider_checks(session: AsyncSession, interval: dt.timedelta,
+                              idle_timeout: dt.timedelta, limit: int = 200) -> list[str]:
+    """Live OpenID Connect logins whose provider session was not checked within
+    ``interval`` (oldest first), for the background sweep. Logins idle past
+    ``idle_timeout`` are dead to Atrium already: not refreshed (a refresh may count as
+    activity at the provider and keep its session alive)."""
+    now = utcnow()
+    return list((await session.scalars(
+        select(LoginSession.id_hash)
+        .where(LoginSession.method == "oidc", LoginSession.revoked_at.is_(None),
+               LoginSession.expires_at > now, LoginSession.refresh_token != "",
+               LoginSession.last_seen_at > now - idle_timeout,
+               or_(LoginSession.provider_checked_at.is_(None),
+                   LoginSession.provider_checked_at <= now - interval))
+        .order_by(LoginSession.provider_checked_at).limit(limit))).all())
+
+
 # --- pending logins -------------------------------------------------------------------
 
 
@@ -194,19 +212,40 @@ async def set_managed_roles(session: AsyncSession, user_id: int, roles: set[Role
 
 
 class IdentityConflict(Exception):
-    """The username is already linked to another identity of the provider."""
+    """The login cannot be tied to an Atrium account without an administrator."""
+
+
+async def _claimable(session: AsyncSession, user: User, issuer: str,
+                     link_unclaimed: bool) -> str:
+    """Why a first login of ``issuer`` may not take ``user`` over ("" when it may).
+
+    Accounts are tied to the provider's (issuer, subject), never to a username alone: an
+    account that was used (someone logged in to it) or is linked to any identity belongs to
+    someone, and only an administrator can say it is this person's.
+    """
+    linked = set((await session.scalars(select(UserIdentity.issuer).where(
+        UserIdentity.user_id == user.id))).all())
+    if issuer in linked:
+        return (f"the username {user.username!r} is linked to another identity of this "
+                "provider")
+    if linked or user.last_login_at is not None or not link_unclaimed:
+        return (f"an Atrium account named {user.username!r} already exists and is not "
+                "linked to your identity at this provider; an administrator can link it "
+                f"(atrium user link {user.username} SUBJECT)")
+    return ""
 
 
 async def upsert_user(session: AsyncSession, *, issuer: str, subject: str, username: str,
                       email: str, name: str, groups: list[str], roles: set[Role],
-                      managed_roles: set[Role]) -> User:
+                      managed_roles: set[Role], link_unclaimed: bool = True) -> User:
     """Create the user at first login, update them at later ones.
 
-    The user is found by (issuer, subject); a first login links an existing user of the
-    same username (e.g. synced from the user office) unless that user is linked to another
-    subject of the same provider. Roles in ``managed_roles`` follow ``roles``; the others
-    are left as admins set them. Groups the provider no longer lists are removed, groups
-    set by admins stay.
+    The user is found by (issuer, subject). A first login whose username is taken links
+    that account only if nobody ever used it (e.g. synced from the user office, whose
+    usernames are the provider's) and ``link_unclaimed``; otherwise IdentityConflict
+    (see :func:`_claimable`). Roles in ``managed_roles`` follow ``roles``; the others are
+    left as admins set them. Groups the provider no longer lists are removed, groups set by
+    admins stay.
     """
     identity = await session.get(UserIdentity, (issuer, subject))
     user: User | None
@@ -218,10 +257,10 @@ async def upsert_user(session: AsyncSession, *, issuer: str, subject: str, usern
             raise IdentityConflict(f"the username {username!r} belongs to another account")
     else:
         user = await session.scalar(select(User).where(User.username == username))
-        if user is not None and await session.scalar(select(UserIdentity.subject).where(
-                UserIdentity.user_id == user.id, UserIdentity.issuer == issuer)) is not None:
-            raise IdentityConflict(f"the username {username!r} is linked to another "
-                                   "identity of this provider")
+        if user is not None:
+            refused = await _claimable(session, user, issuer, link_unclaimed)
+            if refused:
+                raise IdentityConflict(refused)
         if user is None:
             user = User(username=username, roles=[])
             session.add(user)
@@ -232,6 +271,15 @@ async def upsert_user(session: AsyncSession, *, issuer: str, subject: str, usern
     user.email = email[:255] or user.email
     user.display_name = name[:255] or user.display_name
     user.last_login_at = utcnow()
+    await _sync_roles_groups(session, user, identity, groups, roles, managed_roles)
+    identity.last_login_at = utcnow()
+    await session.flush()
+    return user
+
+
+async def _sync_roles_groups(session: AsyncSession, user: User, identity: UserIdentity,
+                             groups: list[str], roles: set[Role],
+                             managed_roles: set[Role]) -> None:
     held = {r.role for r in user.roles}
     for role in managed_roles:
         if role in roles and role not in held:
@@ -248,6 +296,46 @@ async def upsert_user(session: AsyncSession, *, issuer: str, subject: str, usern
     for group in sorted(current - have):
         session.add(UserGroup(user_id=user.id, name=group))
     identity.groups = sorted(current)
-    identity.last_login_at = utcnow()
+
+
+async def deprovision(session: AsyncSession, user_id: int,
+                      managed_roles: set[Role]) -> tuple[list[str], list[str]]:
+    """The provider disabled or deleted the user: end every login, revoke every API token,
+    drop the roles the provider manages. Returns (login digests, token digests) so caches
+    can forget them."""
+    now = utcnow()
+    logins_ = (await session.scalars(select(LoginSession).where(
+        LoginSession.user_id == user_id, LoginSession.revoked_at.is_(None)))).all()
+    tokens = (await session.scalars(select(ApiToken).where(
+        ApiToken.user_id == user_id, ApiToken.revoked_at.is_(None)))).all()
+    for login in logins_:
+        login.revoked_at = now
+    for token in tokens:
+        token.revoked_at = now
+    user = await session.get(User, user_id)
+    if user is not None:
+        user.roles = [r for r in user.roles if r.role not in managed_roles]
+    await session.flush()
+    return [r.id_hash for r in logins_], [t.token_hash for t in tokens]
+
+
+async def link_identity(session: AsyncSession, username: str, issuer: str,
+                        subject: str) -> User:
+    """An administrator's decision: the provider's ``subject`` is the account ``username``
+    (its next login there uses it). Refused when that subject is another account's."""
+    user = await session.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise IdentityConflict(f"no user {username!r}")
+    identity = await session.get(UserIdentity, (issuer, subject))
+    if identity is not None and identity.user_id != user.id:
+        raise IdentityConflict(f"subject {subject!r} is linked to another account")
+    other = await session.scalar(select(UserIdentity.subject).where(
+        UserIdentity.user_id == user.id, UserIdentity.issuer == issuer,
+        UserIdentity.subject != subject))
+    if other is not None:
+        raise IdentityConflict(f"{username!r} is already linked to subject {other!r} of "
+                               "this provider")
+    if identity is None:
+        session.add(UserIdentity(issuer=issuer, subject=subject, user_id=user.id, groups=[]))
     await session.flush()
     return user

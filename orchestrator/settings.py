@@ -38,12 +38,17 @@ start-up and raises :class:`SettingsError` naming the variable and what was expe
 | ATRIUM_K8S_USE_SERVICE | false | reach sessions through a Service per instance |
 | ATRIUM_OS_CLOUD | (none) | clouds.yaml entry of the OpenStack backend (credentials there) |
 | ATRIUM_OS_NETWORKS | (nova decides) | networks of session servers, comma separated |
-| ATRIUM_OS_SECURITY_GROUPS | default | security groups of session servers, comma separated |
+| ATRIUM_OS_SECURITY_GROUPS | (none) | more security groups of every session server (11) |
 | ATRIUM_OS_FLOATING_NETWORK | (none) | give each server a floating IP from this network |
 | ATRIUM_OS_BOOT_CONFIG | (none: NFS 4) | YAML: VM data mount templates (openstack_boot_config.py) |
 | ATRIUM_K8S_POD_CONFIG | (none) | YAML shaping session pods (spawners/k8s_config.py) |
 | ATRIUM_SESSION_LIFETIME | 604800 | seconds a login lasts at most (then log in again) |
 | ATRIUM_SESSION_IDLE_TIMEOUT | 86400 | seconds without a request after which a login ends |
+| ATRIUM_TOKEN_DEFAULT_DAYS | 90 | days an API token lives when its creator gives no lifetime |
+| ATRIUM_TOKEN_MAX_DAYS | 365 | the longest lifetime a token may be given (all expire) |
+| ATRIUM_OS_PORTAL_CIDRS | (none: 0.0.0.0/0) | where the portal reaches OpenStack VMs from (11) |
+| ATRIUM_OS_FLAVOUR_SECURITY_GROUPS | (none) | more groups per flavour ref: `ref=group,group;...` |
+| ATRIUM_OS_INSTRUMENT_SECURITY_GROUPS | (none) | more groups per instrument: `LOKI=group;...` |
 | ATRIUM_OIDC_ISSUER | (none: OIDC off) | the OpenID Connect provider's issuer URL (1) |
 | ATRIUM_OIDC_CLIENT_ID | (required with ISSUER) | Atrium's client id at the provider |
 | ATRIUM_OIDC_CLIENT_SECRET | (none: public client) | its secret (or *_SECRET_FILE: a file) |
@@ -55,6 +60,8 @@ start-up and raises :class:`SettingsError` naming the variable and what was expe
 | ATRIUM_OIDC_ROLE_GROUPS | (none) | groups granting roles: `ROLE=group,group;ROLE=group` (2) |
 | ATRIUM_OIDC_RECHECK_INTERVAL | 300 | seconds between checks that the provider session lives (3) |
 | ATRIUM_OIDC_LABEL | Log in with your facility account | the login button's text |
+| ATRIUM_OIDC_LINK_UNCLAIMED | true | a first login may claim a never-used account (12) |
+| ATRIUM_OIDC_DEPROVISIONED | "User disabled"... | refusal meaning "account gone" (13) |
 | ATRIUM_LIFETIME_DAYS | 14; staff roles 60 (4) | days an instance lives (4) |
 | ATRIUM_FLAVOUR_LIFETIME_DAYS | (none) | per-flavour cap on the lifetime: `flavour=days;...` (4) |
 | ATRIUM_INACTIVITY_DAYS | 4; staff roles 8 (4) | days unused after which it is deleted (4) |
@@ -114,11 +121,25 @@ browsers resolve it to loopback). `path` keeps every session on the portal's ori
 for set-ups where one person uses Atrium.
 (10) `required`: local sessions run sandboxed (root + bubblewrap + cgroups, see README) or
 the portal refuses to start; `off-single-user`: unsandboxed, one user only (development).
+(11) Comma separated CIDRs. Each server gets its own security group admitting these
+addresses on its session ports (JupyterLab, desktop) and nothing else; set it to the
+portal's egress address(es).
+(12) Accounts are linked to the provider by its (issuer, subject), never by username alone:
+a first login whose username belongs to an account that was used (logged in) or is linked
+elsewhere is refused; an admin links it with `atrium user link`. A never-used account (made
+by the experiment sync from the user office, whose usernames are the provider's) is claimed
+by the first login of its username unless this is false.
+(13) When the provider refuses a refresh with a message matching this, the user was
+disabled or deleted there: every login and API token of theirs is revoked and the roles the
+provider manages are dropped. Other refusals (the provider session ended) end that login
+alone.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import secrets
 import sys
 from dataclasses import dataclass, field
@@ -131,6 +152,11 @@ from orchestrator.settings_limits import Limits, load_limits
 _STAFF_ROLES = ("STAFF", "ADMIN", "SUPPORT", "INSTRUMENT_SCIENTIST")
 LIFETIME_DAYS: dict[str, float] = {"": 14.0, **{r: 60.0 for r in _STAFF_ROLES}}
 INACTIVITY_DAYS: dict[str, float] = {"": 4.0, **{r: 8.0 for r in _STAFF_ROLES}}
+
+
+# How providers word a refresh refused because the account is disabled or deleted
+# (Keycloak: "User disabled", "Unknown user"; Atrium's test provider mimics them).
+DEPROVISIONED_PATTERN = r"(?i)\b(user|account) (is )?(disabled|deleted|not found)\b|unknown user"
 
 
 class SettingsError(Exception):
@@ -169,12 +195,17 @@ class Settings:
     k8s_use_service: bool = False
     os_cloud: str = ""
     os_networks: tuple[str, ...] = ()
-    os_security_groups: tuple[str, ...] = ("default",)
+    os_security_groups: tuple[str, ...] = ()
     os_floating_network: str = ""
     os_boot_config: Path | None = None
     k8s_pod_config: Path | None = None
     session_lifetime: float = 7 * 86400.0
     session_idle_timeout: float = 86400.0
+    token_default_days: int = 90
+    token_max_days: int = 365
+    os_portal_cidrs: tuple[str, ...] = ()
+    os_flavour_security_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    os_instrument_security_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     oidc_issuer: str = ""
     oidc_client_id: str = ""
     oidc_client_secret: str = field(default="", repr=False)
@@ -187,6 +218,8 @@ class Settings:
     oidc_role_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     oidc_recheck_interval: float = 300.0
     oidc_label: str = "Log in with your facility account"
+    oidc_link_unclaimed: bool = True
+    oidc_deprovisioned: str = DEPROVISIONED_PATTERN
     # Lifetime rules (4-6): role ("" = everyone else) or flavour name -> days.
     lifetime_days: dict[str, float] = field(default_factory=lambda: dict(LIFETIME_DAYS))
     flavour_lifetime_days: dict[str, float] = field(default_factory=dict)
@@ -375,12 +408,15 @@ def load_settings(env: dict[str, str] | None = None, **overrides: object) -> Set
         k8s_use_service=_bool(env, "ATRIUM_K8S_USE_SERVICE", False),
         os_cloud=env.get("ATRIUM_OS_CLOUD", ""),
         os_networks=_list(env, "ATRIUM_OS_NETWORKS", ()),
-        os_security_groups=_list(env, "ATRIUM_OS_SECURITY_GROUPS", ("default",)),
+        # Not Neutron's "default" group: it admits every other server of the project.
+        os_security_groups=_list(env, "ATRIUM_OS_SECURITY_GROUPS", ()),
         os_floating_network=env.get("ATRIUM_OS_FLOATING_NETWORK", ""),
         os_boot_config=_file(env, "ATRIUM_OS_BOOT_CONFIG"),
         k8s_pod_config=_file(env, "ATRIUM_K8S_POD_CONFIG"),
         session_lifetime=_number(env, "ATRIUM_SESSION_LIFETIME", 7 * 86400.0, minimum=1),
         session_idle_timeout=_number(env, "ATRIUM_SESSION_IDLE_TIMEOUT", 86400.0, minimum=1),
+        **_tokens(env),
+        **_os_groups(env),
         **_oidc(env),
         **_lifetime(env),
         **_origins(env, env.get("ATRIUM_PUBLIC_URL") or f"http://{host}:{port}"),
@@ -450,7 +486,54 @@ def _oidc(env: dict[str, str]) -> dict[str, object]:
         oidc_role_groups=parse_role_groups(env.get("ATRIUM_OIDC_ROLE_GROUPS", "")),
         oidc_recheck_interval=_number(env, "ATRIUM_OIDC_RECHECK_INTERVAL", 300.0),
         oidc_label=env.get("ATRIUM_OIDC_LABEL") or "Log in with your facility account",
+        oidc_link_unclaimed=_bool(env, "ATRIUM_OIDC_LINK_UNCLAIMED", True),
+        oidc_deprovisioned=_regex(env, "ATRIUM_OIDC_DEPROVISIONED", DEPROVISIONED_PATTERN),
     )
+
+
+def _regex(env: dict[str, str], name: str, default: str) -> str:
+    value = env.get(name) or default
+    try:
+        re.compile(value)
+    except re.error as err:
+        raise SettingsError(f"{name}={value!r}: not a regular expression ({err})") from None
+    return value
+
+
+def _tokens(env: dict[str, str]) -> dict[str, object]:
+    """API token lifetimes: every token expires (default and longest, in days)."""
+    max_days = int(_number(env, "ATRIUM_TOKEN_MAX_DAYS", 365, minimum=1))
+    default = int(_number(env, "ATRIUM_TOKEN_DEFAULT_DAYS", min(90, max_days), minimum=1))
+    if default > max_days:
+        raise SettingsError(f"ATRIUM_TOKEN_DEFAULT_DAYS={default} is above "
+                            f"ATRIUM_TOKEN_MAX_DAYS={max_days}")
+    return {"token_default_days": default, "token_max_days": max_days}
+
+
+def _groups_map(env: dict[str, str], name: str) -> dict[str, tuple[str, ...]]:
+    """``key=group,group;key=group`` (security groups per flavour or instrument)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for item in filter(None, (p.strip() for p in env.get(name, "").split(";"))):
+        key, sep, groups = item.partition("=")
+        names = tuple(g.strip() for g in groups.split(",") if g.strip())
+        if not sep or not key.strip() or not names:
+            raise SettingsError(f"{name}: {item!r} is not `key=group,group`")
+        out[key.strip()] = names
+    return out
+
+
+def _os_groups(env: dict[str, str]) -> dict[str, object]:
+    cidrs = _list(env, "ATRIUM_OS_PORTAL_CIDRS", ())
+    for cidr in cidrs:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise SettingsError(f"ATRIUM_OS_PORTAL_CIDRS: {cidr!r} is not an address or "
+                                "CIDR") from None
+    return {"os_portal_cidrs": cidrs,
+            "os_flavour_security_groups": _groups_map(env, "ATRIUM_OS_FLAVOUR_SECURITY_GROUPS"),
+            "os_instrument_security_groups": _groups_map(
+                env, "ATRIUM_OS_INSTRUMENT_SECURITY_GROUPS")}
 
 
 def _lifetime(env: dict[str, str]) -> dict[str, object]:

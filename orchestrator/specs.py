@@ -28,4 +28,6 @@ def spec_for(instance: Instance, secret: InstanceSecret | None) -> InstanceSpec:
         secrets=secret.as_dict() if secret else {},
         labels={"atrium/owner": owner.username},
         boot_template=image.boot_template,
+        instruments=tuple(sorted({e.instrument.name for e in instance.experiments
+                                  if e.instrument is not None})),
     )

@@ -29,12 +29,19 @@ async def create_token(session: AsyncSession, user: User, name: str = "",
     return token
 
 
-async def user_id_for_token(session: AsyncSession, digest: str) -> int | None:
-    """The owner of a valid (known, unexpired, unrevoked) token, by its hash, else None."""
+async def user_id_for_token(session: AsyncSession, digest: str,
+                            max_age: dt.timedelta | None = None) -> int | None:
+    """The owner of a valid (known, unexpired, unrevoked) token, by its hash, else None.
+
+    A token without expiry (made before every token expired) lives ``max_age`` at most.
+    """
     row = await session.scalar(select(ApiToken).where(ApiToken.token_hash == digest))
     if row is None or row.revoked_at is not None:
         return None
-    if row.expires_at is not None and row.expires_at <= utcnow():
+    expires = row.expires_at
+    if expires is None and max_age is not None:
+        expires = row.created_at + max_age
+    if expires is not None and expires <= utcnow():
         return None
     return row.user_id
 

@@ -11,7 +11,7 @@ import hashlib
 import secrets
 from collections.abc import Sequence
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from orchestrator.errors import RequestError
@@ -52,15 +52,27 @@ def grantable_role(value: object) -> MemberRole:
 
 
 async def find_user(session: AsyncSession, who: object) -> User:
-    """A known user by username or email."""
+    """A known user by username, else by email (case-insensitive).
+
+    A username wins over an email. An email several users share is ambiguous: refused
+    (409) rather than guessed, since the wrong person would get the instance.
+    """
     if not isinstance(who, str) or not who.strip():
         raise RequestError("give a username or an email address")
     who = who.strip()
-    user = await session.scalar(select(User).where(
-        or_(User.username == who, func.lower(User.email) == who.lower())))
-    if user is None:
+    if len(who) > 255:
+        raise RequestError("a username or email address is at most 255 characters")
+    user = await session.scalar(select(User).where(User.username == who))
+    if user is not None:
+        return user
+    matches = (await session.scalars(select(User).where(
+        func.lower(User.email) == who.lower()).limit(2))).all()
+    if len(matches) > 1:
+        raise RequestError(f"several users have the email address {who!r}: give the "
+                           "username of the one you mean", 409)
+    if not matches:
         raise RequestError(f"no user {who!r} is known to Atrium", 404)
-    return user
+    return matches[0]
 
 
 def _membership(instance: Instance, user: User) -> InstanceMember | None:

@@ -101,6 +101,8 @@ class InstanceSpec:
     secrets: Mapping[str, str] = field(default_factory=dict)  # jupyter_token, vnc_password
     labels: Mapping[str, str] = field(default_factory=dict)
     boot_template: str = ""
+    # The instruments of the instance's experiments (network egress may depend on them).
+    instruments: tuple[str, ...] = ()
 
     @property
     def base_url(self) -> str:

@@ -11,6 +11,9 @@ Contracts the templates can rely on (and tests check):
 * ``mounts`` holds exactly the spec's mounts, each at ``<home>/<target>`` (as on the other
   backends), with its fstab options forced to ``ro`` unless the mount says otherwise;
   devices come from admin-configured :class:`MountTemplate` s;
+* templates render in Jinja2's immutable sandbox (:mod:`spawners.templating`): one
+  reaching for Python internals fails with a :class:`BootTemplateError` at launch, and
+  :func:`check_boot_template` refuses it when the catalogue is applied;
 * ``env`` holds the only secrets the template receives: this instance's
   ``jupyter_token`` (as ``ATRIUM_SESSION_TOKEN``) when it runs JupyterLab and its
   ``vnc_password`` when it runs a desktop. Other keys of ``spec.secrets`` never reach the
@@ -31,7 +34,8 @@ from typing import Any
 import jinja2
 import yaml
 
-from spawners.base import InstanceSpec
+from spawners.base import DataMount, InstanceSpec, Owner
+from spawners.templating import SecurityError, format_placeholders, sandboxed_environment
 
 BOOT_DIR = Path(__file__).resolve().parent.parent / "images" / "boot"
 DEFAULT_TEMPLATE = "cloud-init.yaml.j2"
@@ -82,9 +86,8 @@ def _shquote(value: Any) -> str:
 
 
 def _environment(dirs: tuple[str, ...]) -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader([*dirs, str(BOOT_DIR)]),
-        undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    # Boot templates are admin data: the immutable sandbox keeps them off Python internals.
+    env = sandboxed_environment([*dirs, str(BOOT_DIR)])
     env.filters["shquote"] = _shquote
     # JSON strings are valid YAML scalars; plain json.dumps (not Jinja's HTML-safe tojson)
     env.filters["tojson"] = lambda value: json.dumps(value)
@@ -104,7 +107,12 @@ def mount_entries(spec: InstanceSpec, settings: BootSettings) -> list[dict[str, 
         target = posixpath.normpath(posixpath.join(home, mount.target))
         if mount.target.startswith("/") or not target.startswith(home + "/"):
             raise BootTemplateError(f"mount target {mount.target!r} leaves the home dir")
-        device = template.device.format(path=path, source=mount.source, name=mount.name)
+        try:
+            device = format_placeholders(
+                template.device, {"path": path, "source": mount.source, "name": mount.name},
+                "mount device pattern")
+        except ValueError as err:
+            raise BootTemplateError(str(err)) from err
         flags = [o for o in template.options.split(",") if o and o not in ("ro", "rw")]
         options = ",".join(["ro" if mount.read_only else "rw", *flags])
         for value in (device, target, template.fstype, options):
@@ -197,6 +205,8 @@ def render_user_data(spec: InstanceSpec, settings: BootSettings | None = None) -
     }
     try:
         text = template_source(spec, settings).render(**context)
+    except SecurityError as err:
+        raise BootTemplateError(f"boot template refused by the sandbox: {err}") from err
     except jinja2.TemplateError as err:
         raise BootTemplateError(f"boot template failed: {err}") from err
     if not text.startswith("#cloud-config\n"):
@@ -208,3 +218,26 @@ def render_user_data(spec: InstanceSpec, settings: BootSettings | None = None) -
     if not isinstance(doc, dict):
         raise BootTemplateError("user-data must be a YAML mapping")
     return text
+
+
+def check_boot_template(text: str) -> str:
+    """Why an inline catalogue boot template is refused ("" when it is accepted).
+
+    A syntax error, or a sandbox violation met while rendering it for a sample instance
+    (both protocols, one mount). Other render failures depend on the instance and are
+    left to launch time; file names (no newline) are resolved by the backend.
+    """
+    if "\n" not in text:
+        return ""
+    sample = InstanceSpec(
+        uid="sample", name="sample", image_ref="", flavour_ref="",
+        protocols=("jupyter", "desktop"), owner=Owner("sample"),
+        mounts=(DataMount("sample", "/data/sample", "data/sample"),),
+        secrets={"jupyter_token": "t", "vnc_password": "p"}, boot_template=text)
+    try:
+        render_user_data(sample)
+    except BootTemplateError as err:
+        cause = err.__cause__
+        if isinstance(cause, SecurityError | jinja2.TemplateSyntaxError):
+            return str(err)
+    return ""

@@ -22,6 +22,9 @@ defaults (which match the images built from ``images/``)::
     image_pull_policy: IfNotPresent
     termination_grace_s: 10
     service_account: ""                      # "": no API token mounted in session pods
+    network:                                 # the NetworkPolicy of each session:
+      portal_pods: {app.kubernetes.io/component: portal}  # see spawners/k8s_network.py
+      egress_cidrs: [10.20.0.0/16]
 
 :func:`load_pod_options` raises ValueError naming the offending key; the backend registry
 turns it into a settings error naming ``ATRIUM_K8S_POD_CONFIG``.
@@ -36,6 +39,8 @@ from typing import Any
 import yaml
 
 from spawners.k8s_manifests import Placement, PodOptions, VolumeTemplate
+from spawners.k8s_network import network_options_from_mapping
+from spawners.templating import format_placeholders
 
 _PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 _VOLUME_KEYS = ("kind", "server", "claim", "root")
@@ -117,12 +122,16 @@ def pod_options_from_mapping(data: Mapping[str, Any]) -> PodOptions:
     for key in ("home_path", "home_source"):
         if key in values and not values[key].startswith("/"):
             raise ValueError(f"{key}: expected an absolute path, not {values[key]!r}")
+        if key in values:
+            format_placeholders(values[key], {"username": "x"}, key)
     if data.get("home_volume") is not None:
         values["home_volume"] = _volume(data["home_volume"], "home_volume")
     if data.get("data_volume") is not None:
         values["data_volume"] = _volume(data["data_volume"], "data_volume")
     if data.get("placements") is not None:
         values["placements"] = _placements(data["placements"])
+    if data.get("network") is not None:
+        values["network"] = network_options_from_mapping(data["network"])
     if data.get("extra_env") is not None:
         values["extra_env"] = _strings(data["extra_env"], "extra_env")
     policy = _text(data, "image_pull_policy")

@@ -13,9 +13,11 @@ One instance is:
   ``vnc_password``), read by the containers through ``secretKeyRef`` env vars and owned by
   the pod once the pod exists (see :func:`secret_owner_patch`), so the garbage collector
   removes it with the pod;
+* a NetworkPolicy ``atrium-<uid>`` admitting the portal alone (see
+  :mod:`spawners.k8s_network`), created before the pod and owned by it;
 * optionally a Service ``atrium-<uid>`` selecting the pod.
 
-All three carry the labels ``atrium/instance`` and ``atrium/deployment``.
+All of them carry the labels ``atrium/instance`` and ``atrium/deployment``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from spawners.base import LABEL_DEPLOYMENT, LABEL_INSTANCE, InstanceSpec, ResourceState
+from spawners.k8s_network import NetworkOptions, make_network_policy
+from spawners.templating import format_placeholders
 
 Manifest = dict[str, Any]
 """A Kubernetes object (or part of one) as JSON-ready data."""
@@ -110,6 +114,7 @@ class PodOptions:
     image_pull_policy: str = "IfNotPresent"
     termination_grace_s: int = 10
     service_account: str = ""  # "" -> no token mounted at all
+    network: NetworkOptions = field(default_factory=NetworkOptions)
 
 
 # --------------------------------------------------------------------------- names
@@ -180,7 +185,8 @@ def make_secret(spec: InstanceSpec, deployment_id: str, namespace: str) -> Manif
 
 
 def secret_owner_patch(pod: Manifest) -> Manifest:
-    """Merge patch making the secret owned by ``pod`` (a created pod: it has a uid)."""
+    """Merge patch making the secret (or the NetworkPolicy) owned by ``pod`` (a created
+    pod: it has a uid), so the garbage collector removes it with the pod."""
     meta = pod["metadata"]
     return {"metadata": {"ownerReferences": [{
         "apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"],
@@ -224,12 +230,17 @@ def _volume_source(template: VolumeTemplate, path: str, read_only: bool) -> tupl
     raise ValueError(f"unknown volume template kind {template.kind!r}")
 
 
+def _home(pattern: str, spec: InstanceSpec) -> str:
+    """An admin path pattern with ``{username}`` filled (nothing else: no attribute access)."""
+    return format_placeholders(pattern, {"username": spec.owner.username}, "home pattern")
+
+
 def volumes(spec: InstanceSpec, options: PodOptions) -> tuple[list[Manifest], list[Manifest]]:
     """(pod volumes, volume mounts): the home and every data mount, data always readOnly.
 
     Data mounts sit at ``home/<target>``; ``target`` may not escape the home.
     """
-    home = options.home_path.format(username=spec.owner.username)
+    home = _home(options.home_path, spec)
     vols: list[Manifest] = []
     mounts: list[Manifest] = []
     if options.home_volume is None:
@@ -237,7 +248,7 @@ def volumes(spec: InstanceSpec, options: PodOptions) -> tuple[list[Manifest], li
         mounts.append({"name": "home", "mountPath": home})
     else:
         source, sub = _volume_source(
-            options.home_volume, options.home_source.format(username=spec.owner.username),
+            options.home_volume, _home(options.home_source, spec),
             read_only=False)
         vols.append({"name": "home", **source})
         mounts.append({"name": "home", "mountPath": home, **({"subPath": sub} if sub else {})})
@@ -313,7 +324,7 @@ def make_pod(spec: InstanceSpec, deployment_id: str, namespace: str,
     if not spec.protocols:
         raise ValueError("an instance needs at least one protocol")
     name = object_name(spec.uid)
-    home = options.home_path.format(username=spec.owner.username)
+    home = _home(options.home_path, spec)
     vols, mounts = volumes(spec, options)
     base_env: list[Manifest] = [
         # Downward API: the pod IP is only known once the pod is scheduled.
@@ -387,6 +398,15 @@ def make_pod(spec: InstanceSpec, deployment_id: str, namespace: str,
         "metadata": _metadata(spec, deployment_id, namespace),
         "spec": pod_spec,
     }
+
+
+def make_pod_network_policy(spec: InstanceSpec, deployment_id: str, namespace: str,
+                            options: PodOptions) -> Manifest:
+    """The instance's NetworkPolicy (:mod:`spawners.k8s_network`): ingress from the portal
+    on the session ports only; egress DNS + what ``options.network`` opens."""
+    return make_network_policy(
+        spec, _metadata(spec, deployment_id, namespace), labels(spec.uid, deployment_id),
+        options.network, {"jupyter": JUPYTER_PORT, "desktop": DESKTOP_PORT})
 
 
 def make_service(spec: InstanceSpec, deployment_id: str, namespace: str) -> Manifest:

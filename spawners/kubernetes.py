@@ -10,9 +10,11 @@ on errors (with back-off) and every ``relist_interval_s``. Pods are cached in me
 instance uid, so :meth:`KubernetesBackend.observe` normally makes no API call; it falls back
 to one GET when the watch is not synced or the pod is not in the cache (to confirm GONE).
 
-Create order: Secret, Pod, ``checkpoint`` (pod name/uid), then the Secret is made owned by
-the pod (so the garbage collector deletes it with the pod), then the optional Service.
-Every step tolerates 409 (already exists), so ``create`` may be retried after a crash.
+Create order: NetworkPolicy (unless ``network.policy`` is off: the pod is never reachable
+but from the portal), Secret, Pod, ``checkpoint`` (pod name/uid), then the Secret and the
+policy are made owned by the pod (so the garbage collector deletes them with the pod), then
+the optional Service. Every step tolerates 409 (already exists), so ``create`` may be
+retried after a crash.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from spawners.k8s_manifests import (
     endpoints,
     instance_uid,
     make_pod,
+    make_pod_network_policy,
     make_secret,
     make_service,
     object_name,
@@ -259,6 +262,7 @@ class KubernetesBackend(Backend):
         self._api_client = api_client
         self._pool = BlockingPool(self.settings.max_workers, name="atrium-k8s")
         self._core: Any = None
+        self._networking: Any = None
         self._watcher: PodWatcher | None = None
         self._start_lock = threading.Lock()
 
@@ -294,6 +298,12 @@ class KubernetesBackend(Backend):
     def core(self) -> Any:
         self.watcher  # noqa: B018 - creates the client and starts the watch
         return self._core
+
+    @property
+    def networking(self) -> Any:
+        if self._networking is None:
+            self._networking = client.NetworkingV1Api(self._client())
+        return self._networking
 
     async def _ensure_started(self) -> None:
         """Load the client configuration and start the watch, off the event loop (kubeconfig
@@ -339,10 +349,15 @@ class KubernetesBackend(Backend):
         try:
             pod_body = make_pod(spec, self.deployment_id, ns, self.settings.pod)
             secret_body = make_secret(spec, self.deployment_id, ns)
+            policy_body = make_pod_network_policy(spec, self.deployment_id, ns,
+                                                  self.settings.pod)
         except ValueError as exc:
             raise BackendError(f"kubernetes: invalid instance: {exc}") from exc
         name = pod_body["metadata"]["name"]
         core = self.core
+        policy = self.settings.pod.network.policy
+        if policy:
+            await self._apply_policy(ns, name, policy_body)
         # A pod of this instance still terminating goes first: the secret it owns is then
         # garbage-collected, and must not be mistaken for this launch's.
         live = await self._settled_pod(ns, name, spec.uid)
@@ -357,11 +372,28 @@ class KubernetesBackend(Backend):
         await checkpoint(dict(state))
         await self._call("own secret", core.patch_namespaced_secret, name, ns,
                          secret_owner_patch(pod), _content_type="application/merge-patch+json")
+        if policy:
+            await self._call("own network policy",
+                             self.networking.patch_namespaced_network_policy, name, ns,
+                             secret_owner_patch(pod),
+                             _content_type="application/merge-patch+json")
+            state["network_policy"] = name
         if self.settings.use_service:
             await self._call("create service", core.create_namespaced_service, ns,
                              make_service(spec, self.deployment_id, ns), ok=(409,))
             state["service"] = name
         return state
+
+    async def _apply_policy(self, ns: str, name: str, body: Manifest) -> None:
+        """Create the instance's NetworkPolicy, or bring one left by an earlier attempt
+        (or an older configuration) to ``body``'s spec."""
+        api = self.networking
+        created = await self._call("create network policy",
+                                   api.create_namespaced_network_policy, ns, body, ok=(409,))
+        if created is None:
+            await self._call("update network policy", api.patch_namespaced_network_policy,
+                             name, ns, {"spec": body["spec"]},
+                             _content_type="application/merge-patch+json")
 
     async def _settled_pod(self, ns: str, name: str, uid: str) -> Manifest | None:
         """The live pod of instance ``uid`` under ``name`` (None if there is none), after
@@ -439,6 +471,9 @@ class KubernetesBackend(Backend):
         await self._call("delete service", core.delete_namespaced_service, name, ns,
                          ok=(404,))
         await self._wait_gone(uid, ns, name)
+        # Last: the pod is gone, so it is never reachable without its policy.
+        await self._call("delete network policy",
+                         self.networking.delete_namespaced_network_policy, name, ns, ok=(404,))
 
     async def _wait_gone(self, uid: str, ns: str, name: str) -> None:
         deadline = time.monotonic() + self.settings.delete_timeout_s
@@ -542,17 +577,21 @@ class KubernetesBackend(Backend):
     async def list_managed(self) -> dict[str, Observation]:
         """Every instance of this deployment with resources: uid -> observation.
 
-        Two list calls with this deployment's label selector, run together: pods, and
-        secrets (a crash between creating an instance's secret and its pod leaves a secret
-        alone; it is reported GONE once older than ``leftover_grace_s``, so reconcile
-        deletes it when no live instance claims it, without racing a create in progress).
+        Three list calls with this deployment's label selector, run together: pods,
+        secrets and network policies (a crash between creating an instance's policy or
+        secret and its pod leaves them alone; they are reported GONE once older than
+        ``leftover_grace_s``, so reconcile deletes them when no live instance claims them,
+        without racing a create in progress).
         """
         await self._ensure_started()
         ns = self.settings.namespace
-        pods, secrets = await asyncio.gather(
+        pods, secrets, policies = await asyncio.gather(
             self._call("list pods", self.core.list_namespaced_pod, ns,
                        label_selector=self._selector),
             self._call("list secrets", self.core.list_namespaced_secret, ns,
+                       label_selector=self._selector),
+            self._call("list network policies",
+                       self.networking.list_namespaced_network_policy, ns,
                        label_selector=self._selector))
         found: dict[str, Observation] = {}
         for pod in (pods or {}).get("items") or []:
@@ -560,16 +599,18 @@ class KubernetesBackend(Backend):
             if uid:
                 found[uid] = self._observation(pod, pod_protocols(pod), {})
         now = datetime.now(UTC)
-        for secret in (secrets or {}).get("items") or []:
-            uid = instance_uid(secret)
-            meta = secret["metadata"]
+        leftovers = [("secret", s) for s in (secrets or {}).get("items") or []]
+        leftovers += [("network policy", p) for p in (policies or {}).get("items") or []]
+        for kind, obj in leftovers:
+            uid = instance_uid(obj)
+            meta = obj["metadata"]
             created = datetime.fromisoformat(
                 str(meta.get("creationTimestamp") or now.isoformat()).replace("Z", "+00:00"))
             if uid and uid not in found and (
                     (now - created).total_seconds() >= self.settings.leftover_grace_s):
                 found[uid] = Observation(
-                    state=ResourceState.GONE, reason="only the instance's secret is left",
-                    backend_state={"namespace": ns, "secret": meta["name"]})
+                    state=ResourceState.GONE, reason=f"only the instance's {kind} is left",
+                    backend_state={"namespace": ns, "pod": meta["name"]})
         return found
 
     async def close(self) -> None:

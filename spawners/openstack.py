@@ -39,6 +39,7 @@ import openstack
 from keystoneauth1 import exceptions as ksa_exc
 from openstack import exceptions as os_exc
 
+from spawners import openstack_secgroups as secgroups
 from spawners.base import (
     LABEL_DEPLOYMENT,
     LABEL_INSTANCE,
@@ -149,14 +150,17 @@ class OpenStackBackend(Backend):
     def __init__(self, deployment_id: str, *, cloud: str | None = None,
                  auth: Mapping[str, str] | None = None, auth_type: str = "password",
                  region_name: str | None = None, networks: Sequence[str] = (),
-                 security_groups: Sequence[str] = ("default",),
+                 security_groups: Sequence[str] = (),
+                 portal_cidrs: Sequence[str] = ("0.0.0.0/0",),
+                 egress_cidrs: Sequence[str] = ("0.0.0.0/0", "::/0"),
                  flavour_security_groups: Mapping[str, Sequence[str]] | None = None,
+                 instrument_security_groups: Mapping[str, Sequence[str]] | None = None,
                  protocol_security_groups: Mapping[str, Sequence[str]] | None = None,
                  floating_ip_network: str | None = None, endpoint_address: str = "fixed",
                  key_name: str | None = None, boot: BootSettings | None = None,
                  max_workers: int = 8, retries: int = 4, backoff: float = 0.5,
                  api_timeout: float = 30.0, delete_timeout: float = 180.0,
-                 probe_timeout: float = 2.0) -> None:
+                 probe_timeout: float = 2.0, leftover_grace: float = 60.0) -> None:
         super().__init__(deployment_id)
         if cloud is None and auth is None:
             raise ValueError("OpenStackBackend needs a clouds.yaml cloud name or auth settings")
@@ -172,6 +176,13 @@ class OpenStackBackend(Backend):
         self._networks = tuple(networks)
         self._security_groups = tuple(security_groups)
         self._flavour_groups = {k: tuple(v) for k, v in (flavour_security_groups or {}).items()}
+        self._instrument_groups = {k: tuple(v)
+                                   for k, v in (instrument_security_groups or {}).items()}
+        self._portal_cidrs = tuple(portal_cidrs)
+        self._egress_cidrs = tuple(egress_cidrs)
+        # A bad CIDR fails here, not at launch.
+        secgroups.wanted_rules(self._portal_cidrs, (), self._egress_cidrs)
+        self._leftover_grace = leftover_grace
         self._protocol_groups = {k: tuple(v)
                                  for k, v in (protocol_security_groups or {}).items()}
         self._fip_network = floating_ip_network
@@ -259,11 +270,23 @@ class OpenStackBackend(Backend):
                 os_exc.DuplicateResource) as err:
             raise BackendError(f"OpenStack configuration: {err}") from err
         groups = self._security_groups + self._flavour_groups.get(spec.flavour_ref, ())
+        for instrument in spec.instruments:
+            groups += self._instrument_groups.get(instrument, ())
         for protocol in spec.protocols:
             groups += self._protocol_groups.get(protocol, ())
+        own = secgroups.ensure_group(conn, spec.uid, tag(LABEL_INSTANCE, spec.uid),
+                                     self.deployment_tag, self._session_rules(spec))
         return {"image_id": image.id, "flavor_id": flavour.id,
                 "networks": [{"uuid": n} for n in networks] if networks else None,
-                "security_groups": [{"name": g} for g in dict.fromkeys(groups)]}
+                # The session's own group by id (its name is not unique in Neutron).
+                "security_groups": [{"name": own},
+                                    *({"name": g} for g in dict.fromkeys(groups))]}
+
+    def _session_rules(self, spec: InstanceSpec) -> set[secgroups.Rule]:
+        ports = {"jupyter": self.boot.jupyter_port, "desktop": self.boot.desktop_port}
+        return secgroups.wanted_rules(self._portal_cidrs,
+                                      [ports[p] for p in spec.protocols if p in ports],
+                                      self._egress_cidrs)
 
     def _network_id(self, name_or_id: str) -> str:
         network = self._conn().network.find_network(name_or_id, ignore_missing=False)
@@ -342,6 +365,8 @@ class OpenStackBackend(Backend):
                                    f"{self._delete_timeout:.0f}s")
             time.sleep(1)
         self._delete_floating_ips(state, uid)
+        # Last: the server is gone, so it was never reachable without its group.
+        secgroups.delete_groups(conn, uid, tag(LABEL_INSTANCE, uid), self.deployment_tag)
 
     def _action(self, uid: str, state: BackendState, wanted: str) -> None:
         """Bring a server towards ``wanted`` ("start", "stop", "reboot"), idempotently."""
@@ -523,11 +548,16 @@ class OpenStackBackend(Backend):
         return replace(seen, endpoints=endpoints, ready=frozenset(ready))
 
     async def list_managed(self) -> dict[str, Observation]:
-        """Every server tagged with this deployment, by instance uid (one list call)."""
-        def listing() -> list[Any]:
-            return list(self._conn().compute.servers(details=True, tags=self.deployment_tag))
+        """Every server tagged with this deployment, by instance uid (one list call), and
+        the security groups left without a server (a crash between creating the group and
+        the server) once older than ``leftover_grace``: GONE, so reconcile deletes them."""
+        def listing() -> tuple[list[Any], dict[str, str]]:
+            conn = self._conn()
+            return (list(conn.compute.servers(details=True, tags=self.deployment_tag)),
+                    secgroups.leftover_uids(conn, self.deployment_tag,
+                                            tag(LABEL_INSTANCE, ""), self._leftover_grace))
         try:
-            servers = await self._call(listing)
+            servers, groups = await self._call(listing)
         except (ksa_exc.ClientException, os_exc.SDKException) as err:
             raise BackendError(self._reason(err)) from err
         found: dict[str, Observation] = {}
@@ -537,6 +567,11 @@ class OpenStackBackend(Backend):
                 (t[len(prefix):] for t in server.tags or [] if t.startswith(prefix)), None)
             if uid and str(server.status).upper() != "DELETED":
                 found[uid] = self._observation(server, uid)
+        for uid, group_id in groups.items():
+            if uid not in found:
+                found[uid] = Observation(
+                    state=ResourceState.GONE, reason="only the session's security group is left",
+                    backend_state={"security_group_id": group_id})
         return found
 
     async def close(self) -> None:

@@ -49,6 +49,9 @@ def make_backends(settings: Settings) -> dict[str, Backend]:
             backends[name] = OpenStackBackend(
                 settings.deployment_id, cloud=settings.os_cloud,
                 networks=settings.os_networks, security_groups=settings.os_security_groups,
+                portal_cidrs=settings.os_portal_cidrs or ("0.0.0.0/0",),
+                flavour_security_groups=settings.os_flavour_security_groups,
+                instrument_security_groups=settings.os_instrument_security_groups,
                 floating_ip_network=settings.os_floating_network or None,
                 boot=boot, max_workers=settings.sdk_threads)
         elif name == "fake":

@@ -220,6 +220,8 @@ async def serve(settings: Settings) -> None:
     presence_task = asyncio.get_running_loop().create_task(portal.presence.watch())
     assert portal.announcer is not None
     listen_task = asyncio.get_running_loop().create_task(portal.announcer.listen())
+    # Deprovisioning at the provider reaches idle users and API tokens too.
+    sweep_task = asyncio.get_running_loop().create_task(oidc.provider_sweep(portal))
     sync_task = None
     if settings.experiments_sync_interval > 0:
         sync_task = asyncio.get_running_loop().create_task(periodic_sync(settings, db))
@@ -244,6 +246,7 @@ async def serve(settings: Settings) -> None:
     if metrics_server is not None:
         metrics_server.stop()
     presence_task.cancel()
+    sweep_task.cancel()
     listen_task.cancel()
     try:
         await portal.presence.stop()

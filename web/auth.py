@@ -64,6 +64,8 @@ class Authenticator:
         self.demo_mode = settings.demo_mode if settings else False
         self.recheck_interval = settings.oidc_recheck_interval if settings else 0.0
         self.secure_cookies = settings.secure_cookies if settings else False
+        # Tokens made before every token expired live ATRIUM_TOKEN_MAX_DAYS at most.
+        self.token_max_age = dt.timedelta(days=settings.token_max_days) if settings else None
         # Activity is written at most this often per session (not once per request).
         self.touch_interval = min(60.0, self.idle_timeout / 10)
         self.provider_check: ProviderCheck | None = None
@@ -77,7 +79,7 @@ class Authenticator:
 
     async def _token_owner(self, digest: str) -> int | None:
         async with self.db.session() as s:
-            return await user_id_for_token(s, digest)
+            return await user_id_for_token(s, digest, self.token_max_age)
 
     async def _session(self, digest: str) -> SessionSnapshot | None:
         async with self.db.session() as s:

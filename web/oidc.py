@@ -18,8 +18,10 @@ The flow (authorization code with PKCE):
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
+import re
 from typing import Any
 
 from sqlalchemy import select
@@ -127,11 +129,14 @@ class OidcCallbackHandler(OidcHandler):
                 user = await logins.upsert_user(
                     s, issuer=meta.issuer, subject=identity.subject, username=identity.username,
                     email=identity.email, name=identity.name, groups=identity.groups,
-                    roles=identity.roles, managed_roles=client.mapping.managed_roles)
+                    roles=identity.roles, managed_roles=client.mapping.managed_roles,
+                    link_unclaimed=self.portal.settings.oidc_link_unclaimed)
                 await s.commit()
                 user_id = user.id
         except IdentityConflict as err:
-            raise LoginRefused(f"{err}; ask an administrator") from None
+            # The subject lets the administrator link the right account.
+            raise LoginRefused(f"{err}. Your identity at the provider is {identity.subject!r}"
+                               ) from None
         await self.portal.auth.start_session(
             self, user_id, "oidc", provider_sid=str(claims.get("sid") or ""),
             id_token=tokens["id_token"],
@@ -188,14 +193,22 @@ class LoggedOutHandler(BaseHandler):
 
 
 def provider_check(portal: Portal, client: OidcClient) -> ProviderCheck:
-    """The Authenticator's hook: does the provider session behind a login still live?
+    """The Authenticator's hook: does the provider session behind a login still live, and
+    what does the provider say of the user now?
 
     Uses the refresh token (providers such as Keycloak tie it to their session). Returns
     False (after revoking the login) when the provider refuses it; True when it accepts,
     when another request or replica checked moments ago, or when the provider cannot be
     reached (a provider outage must not log everyone out; the lifetime still applies).
+
+    Deprovisioning reaches Atrium here, not at the next login: a refusal worded as a
+    disabled or deleted account (``ATRIUM_OIDC_DEPROVISIONED``) revokes every login and API
+    token of the user and drops the roles the provider manages; an accepted refresh reads
+    userinfo and makes the managed roles and groups follow it (an admin group removed there
+    is ADMIN removed here).
     """
     interval = dt.timedelta(seconds=max(portal.settings.oidc_recheck_interval - 1, 0))
+    deprovisioned = re.compile(portal.settings.oidc_deprovisioned)
 
     async def check(digest: str) -> bool:
         async with portal.db.session() as s:
@@ -209,6 +222,9 @@ def provider_check(portal: Portal, client: OidcClient) -> ProviderCheck:
         try:
             tokens = await client.refresh(refresh_token, subject)
         except SessionEnded as err:
+            if deprovisioned.search(str(err)):
+                await _deprovision(portal, client, user_id, str(err))
+                return False
             log.info("provider session ended for user %s: %s", user_id, err)
             async with portal.db.session() as s:
                 await logins.revoke(s, digest)
@@ -232,6 +248,43 @@ def provider_check(portal: Portal, client: OidcClient) -> ProviderCheck:
         return True
 
     return check
+
+
+async def provider_sweep(portal: Portal) -> None:
+    """Check, every recheck interval, the provider sessions no request checked (their
+    users may be away, or use API tokens only): a user disabled at the provider loses
+    logins and tokens within about two intervals even when Atrium sees no request from
+    them. Runs until cancelled; replicas share the work through the check's claim."""
+    check = portal.auth.provider_check
+    interval = portal.settings.oidc_recheck_interval
+    if check is None or interval <= 0:
+        return
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            async with portal.db.session() as s:
+                due = await logins.due_provider_checks(
+                    s, dt.timedelta(seconds=interval),
+                    dt.timedelta(seconds=portal.settings.session_idle_timeout))
+            for digest in due:
+                if not await check(digest):
+                    portal.auth.forget(digest)
+        except Exception:  # the next round tries again
+            log.exception("provider session sweep failed")
+
+
+async def _deprovision(portal: Portal, client: OidcClient, user_id: int, why: str) -> None:
+    async with portal.db.session() as s:
+        sessions, tokens = await logins.deprovision(s, user_id, client.mapping.managed_roles)
+        await s.commit()
+    for digest in sessions:
+        portal.auth.forget(digest)
+    for digest in tokens:
+        portal.auth.revoke_digest(digest)
+    portal.auth.principals.invalidate(user_id)
+    portal.changed_user(user_id)  # open connections of the user close (announced)
+    log.warning("user %s disabled at the provider (%s): %d login(s) and %d token(s) revoked",
+                user_id, why, len(sessions), len(tokens))
 
 
 async def _follow_roles(portal: Portal, client: OidcClient, user_id: int, subject: str,

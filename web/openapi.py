@@ -137,8 +137,9 @@ def openapi_document() -> dict[str, Any]:
                 "TokenRequest": {"type": "object", "required": ["name"], "properties": {
                     "name": {"type": "string", "maxLength": 100},
                     "expires_in_days": {"type": ["integer", "null"], "minimum": 1,
-                                        "maximum": 3650,
-                                        "description": "omitted or null: never expires"}}},
+                                        "description": "omitted or null: "
+                                        "ATRIUM_TOKEN_DEFAULT_DAYS; at most "
+                                        "ATRIUM_TOKEN_MAX_DAYS (every token expires)"}}},
                 "NewToken": {"allOf": [_ref("Token"), {"type": "object", "properties": {
                     "token": {"type": "string", "description": "shown this once only"}}}]},
                 "Event": {"type": "object", "properties": {

@@ -27,7 +27,7 @@ from web.auth import bearer_token
 from web.base import ApiHandler, BaseHandler
 
 NAME_MAX = 100
-MAX_DAYS = 3650
+LIFETIME_CHOICES = (7, 30, 90, 365)  # the page's menu, cut at the longest allowed
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -41,21 +41,24 @@ def token_json(row: ApiToken) -> dict[str, Any]:
             "revoked_at": _iso(row.revoked_at)}
 
 
-def parse_request(name: Any, days: Any) -> tuple[str, dt.timedelta | None]:
-    """Validate a token's name (1-100 characters) and lifetime in days (none: no expiry)."""
+def parse_request(name: Any, days: Any, default_days: int,
+                  max_days: int) -> tuple[str, dt.timedelta]:
+    """Validate a token's name (1-100 characters) and lifetime in days: 1..``max_days``,
+    ``default_days`` when not given. Every token expires."""
     if not isinstance(name, str) or not name.strip():
         raise RequestError("give the token a name (what will use it?)")
     if len(name.strip()) > NAME_MAX:
         raise RequestError(f"the token name is longer than {NAME_MAX} characters")
     if days in (None, ""):
-        return name.strip(), None
+        return name.strip(), dt.timedelta(days=default_days)
     try:
         value = int(days)
     except (TypeError, ValueError):
         raise RequestError(f"expires_in_days={days!r}: expected a whole number of days") \
             from None
-    if not 1 <= value <= MAX_DAYS:
-        raise RequestError(f"expires_in_days must be between 1 and {MAX_DAYS}")
+    if not 1 <= value <= max_days:
+        raise RequestError(f"expires_in_days must be between 1 and {max_days} "
+                           "(ATRIUM_TOKEN_MAX_DAYS)")
     return name.strip(), dt.timedelta(days=value)
 
 
@@ -69,8 +72,12 @@ class TokensPage(BaseHandler):
         async with self.portal.db.session() as s:
             rows = await tokens_of(s, self.principal.user_id)
         self.set_header("Cache-Control", "no-store")
+        settings = self.portal.settings
+        choices = sorted({d for d in LIFETIME_CHOICES if d <= settings.token_max_days}
+                         | {settings.token_default_days})
         self.render_page("tokens.html", tokens=rows, state=token_state, new_token=new_token,
-                         error=error, max_days=MAX_DAYS)
+                         error=error, lifetimes=choices,
+                         default_days=settings.token_default_days)
 
     @tornado.web.authenticated
     async def post(self) -> None:
@@ -93,7 +100,8 @@ class TokensPage(BaseHandler):
             raise RequestError(f"unknown action {action!r}")
         try:
             name, lifetime = parse_request(self.get_argument("name", ""),
-                                           self.get_argument("expires_in_days", ""))
+                                           self.get_argument("expires_in_days", ""),
+                                           *self._limits())
         except RequestError as err:
             self.set_status(err.status)
             await self._render(error=err.message)
@@ -103,6 +111,10 @@ class TokensPage(BaseHandler):
             await s.commit()
         self.set_status(201)
         await self._render(new_token=token)
+
+
+    def _limits(self) -> tuple[int, int]:
+        return self.portal.settings.token_default_days, self.portal.settings.token_max_days
 
 
 class TokensApi(ApiHandler):
@@ -117,7 +129,9 @@ class TokensApi(ApiHandler):
             raise RequestError("create tokens from a browser login (the tokens page) or with "
                                "`atrium token create`, not with another token", 403)
         body = self.json_body()
-        name, lifetime = parse_request(body.get("name"), body.get("expires_in_days"))
+        settings = self.portal.settings
+        name, lifetime = parse_request(body.get("name"), body.get("expires_in_days"),
+                                       settings.token_default_days, settings.token_max_days)
         async with self.portal.db.session() as s:
             token = await create_token(s, await self.load_user(s), name, lifetime)
             await s.commit()

@@ -125,8 +125,11 @@ def write_pod_config(env: K8sEnv, path: Path) -> Path:
 
 
 def delete_deployment_objects(env: K8sEnv, deployment: str) -> None:
-    """Whatever a failed test left in the cluster: one deployment's pods and secrets."""
+    """Whatever a failed test left in the cluster: one deployment's pods, secrets and
+    network policies."""
     selector = f"{LABEL_DEPLOYMENT}={deployment}"
+    client.NetworkingV1Api(env.api_client).delete_collection_namespaced_network_policy(
+        env.namespace, label_selector=selector, _preload_content=False)
     env.core.delete_collection_namespaced_pod(env.namespace, label_selector=selector,
                                               grace_period_seconds=0, _preload_content=False)
     env.core.delete_collection_namespaced_secret(env.namespace, label_selector=selector,

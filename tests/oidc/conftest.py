@@ -44,6 +44,12 @@ def provider_users() -> list[ProviderUser]:
         # An admin whose admin group is taken away during a test (test_oidc_revocation.py).
         ProviderUser("oidc.lee", "lee-pw", "Lee Lund", "lee@example.org", ["atrium-admins"]),
         ProviderUser("bad name", "x", "Bad Name", "bad@example.org", []),
+        # Identity and deprovisioning (test_oidc_identity.py): dave's account exists
+        # already; leo gets disabled at the provider, mia loses her admin group.
+        ProviderUser("dave", "dave-pw", "Dave Dunn", "dave@example.org", ["it-support"]),
+        ProviderUser("oidc.leo", "leo-pw", "Leo Lane", "leo@example.org", ["beamline-staff"]),
+        ProviderUser("oidc.mia", "mia-pw", "Mia Moss", "mia@example.org", ["atrium-admins"]),
+        ProviderUser("oidc.noa", "noa-pw", "Noa Nash", "noa@example.org", []),
     ]
 
 

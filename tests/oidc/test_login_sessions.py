@@ -1,6 +1,9 @@
 """Login sessions end (demo logins) when demo mode is switched off, and at logout. A second
 Atrium on the same database plays the demo server. The idle timeout and the lifetime are
-crossed on a scripted clock in tests/test_login_windows.py (no sleeping here)."""
+crossed on a scripted clock in tests/test_login_windows.py (no sleeping here).
+
+Its demo logins use accounts the provider tests never log in to: an account used by a
+demo login belongs to someone, and a first provider login may not claim it."""
 
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ def demo_login(server: AtriumServer, username: str) -> httpx.Client:
 
 
 def test_a_demo_login_dies_when_demo_mode_is_off(demo: AtriumServer, oidc: OidcStack) -> None:
-    client = demo_login(demo, "admin")
+    client = demo_login(demo, "erin")
     # Same database, same cookie secret, demo mode off: the demo login is not honoured.
     elsewhere = httpx.Client(base_url=oidc.url, timeout=30)
     elsewhere.cookies.set("atrium_session", client.cookies["atrium_session"],
@@ -43,7 +46,7 @@ def test_a_demo_login_dies_when_demo_mode_is_off(demo: AtriumServer, oidc: OidcS
 
 
 def test_logout_revokes_a_demo_login(demo: AtriumServer) -> None:
-    client = demo_login(demo, "alice")
+    client = demo_login(demo, "gina")
     session = client.cookies["atrium_session"]
     r = client.post("/logout", data={"_xsrf": xsrf(client)})
     assert r.status_code == 302 and r.headers["location"] == "/login"

@@ -82,7 +82,7 @@ def test_token_lifecycle_through_the_page(oidc: OidcStack) -> None:
     page = client.get("/tokens")
     assert token not in page.text and token[:12] in page.text  # shown once, then the prefix
     row = re.search(r'<tr data-token-id="(\d+)">\s*<td>laptop</td>', page.text)
-    assert row is not None and "never" in page.text
+    assert row is not None and "never" not in page.text  # every token expires (default)
     r = client.post("/tokens", data={"action": "revoke", "token_id": row.group(1),
                                      "_xsrf": xsrf(client)})
     assert r.status_code == 302
@@ -95,7 +95,8 @@ def test_bad_token_requests_are_refused_clearly(oidc: OidcStack) -> None:
     headers = {"X-XSRFToken": xsrf(client)}
     for body, words in [({}, "give the token a name"),
                         ({"name": "x" * 101}, "longer than 100"),
-                        ({"name": "t", "expires_in_days": 0}, "between 1 and 3650"),
+                        ({"name": "t", "expires_in_days": 0}, "between 1 and 365"),
+                        ({"name": "t", "expires_in_days": 366}, "ATRIUM_TOKEN_MAX_DAYS"),
                         ({"name": "t", "expires_in_days": "soon"}, "whole number of days")]:
         r = client.post("/api/v1/tokens", json=body, headers=headers)
         assert r.status_code == 400 and words in r.json()["error"]["message"], r.text
@@ -109,3 +110,21 @@ def test_cli_tokens_keep_working(oidc: OidcStack) -> None:
     assert bearer(oidc, token).get("/api/v1/me").json()["username"] == "alice"
     doc = httpx.get(f"{oidc.url}/api/v1/openapi.json").json()
     assert {"/tokens", "/tokens/{id}"} <= set(doc["paths"])
+
+
+def test_tokens_expire_by_default_and_no_later_than_the_maximum(oidc: OidcStack) -> None:
+    client = login(oidc, "oidc.ivan")
+    headers = {"X-XSRFToken": xsrf(client)}
+    for body in ({"name": "no lifetime"}, {"name": "null lifetime", "expires_in_days": None}):
+        r = client.post("/api/v1/tokens", json=body, headers=headers)
+        assert r.status_code == 201, r.text
+        expires = dt.datetime.fromisoformat(r.json()["expires_at"].rstrip("Z"))
+        assert abs(expires - dt.datetime.utcnow() - dt.timedelta(days=90)) \
+            < dt.timedelta(minutes=5)
+    r = client.post("/api/v1/tokens", json={"name": "forever", "expires_in_days": 100_000},
+                    headers=headers)
+    assert r.status_code == 400 and "between 1 and 365" in r.json()["error"]["message"]
+    page = client.get("/tokens").text
+    assert '<option value="90" selected>' in page and 'value=""' not in page
+    assert oidc.server.cli("token", "create", "oidc.ivan", "--expires-days", "400",
+                           check=False).returncode != 0

@@ -46,6 +46,7 @@ class ProviderUser:
     email: str
     groups: list[str] = field(default_factory=list)
     sub: str = ""
+    disabled: bool = False  # an account disabled at the provider (deprovisioned)
 
     def __post_init__(self) -> None:
         # An opaque subject, unlike the username, as real providers issue.
@@ -142,7 +143,8 @@ class OidcProvider:
 
     def tamper(self, *, set: dict[str, Any] | None = None, unset: list[str] | None = None,
                sign: str = "provider", replay: bool = False) -> None:
-        """Make the NEXT token response carry a changed ID token (see provider.mjs)."""
+        """Make the NEXT login's token response carry a changed ID token (see provider.mjs;
+        refresh grants, e.g. Atrium's background provider checks, are left alone)."""
         body = {"set": set or {}, "unset": unset or [], "sign": sign, "replay": replay}
         httpx.post(f"{self.issuer}/test/tamper", json=body, timeout=10).raise_for_status()
 
@@ -152,7 +154,10 @@ class OidcProvider:
                    timeout=10).raise_for_status()
 
     def update_user(self, username: str, **claims: Any) -> None:
-        """Change ``name``, ``email`` or ``groups`` of a user at the provider."""
+        """Change ``name``, ``email``, ``groups`` or ``disabled`` of a user at the provider.
+
+        A disabled user cannot sign in, and the provider refuses their refresh tokens with
+        ``invalid_grant`` / "User disabled", as Keycloak does."""
         httpx.post(f"{self.issuer}/test/users/{username}", json=claims,
                    timeout=10).raise_for_status()
         for k, v in claims.items():

@@ -11,10 +11,12 @@
 //     (as a facility's single sign-on does for its own applications);
 //   * test controls, reachable on loopback only, to play a hostile or broken provider:
 //     POST /test/tamper {set?: {claim: value}, unset?: [claim], sign?: "provider"|"rogue"|
-//       "none", replay?: true} - the NEXT token response carries an ID token changed so
-//       (re-signed with the provider's own key, a rogue key with the same kid, or unsigned;
-//       or the previous login's ID token, replayed);
-//     POST /test/users/<username> {name?, email?, groups?} - change a user's claims;
+//       "none", replay?: true} - the NEXT login's token response (a code grant) carries an
+//       ID token changed so (re-signed with the provider's own key, a rogue key with the
+//       same kid, or unsigned; or the previous login's ID token, replayed);
+//     POST /test/users/<username> {name?, email?, groups?, disabled?} - change a user's
+//       claims, or disable the account: it cannot sign in, and its refresh tokens are refused
+//       with invalid_grant "User disabled" (Keycloak's words for a disabled account);
 //     POST /test/backchannel {enabled} - send back-channel logouts or not (default: on).
 // Refresh tokens are issued without offline_access and die with the provider session, as
 // Keycloak's do: that is how a relying party notices the provider session has ended
@@ -55,9 +57,13 @@ const provider = new Provider(cfg.issuer, {
     email: ['email', 'email_verified'],
     groups: ['groups'],
   },
-  async findAccount(_ctx, sub) {
+  async findAccount(ctx, sub) {
     const user = bySub.get(sub);
     if (!user) return undefined;
+    if (user.disabled) {
+      ctx.atriumAccountDisabled = true; // reworded below, as Keycloak words it
+      return undefined;
+    }
     return {
       accountId: sub,
       async claims() {
@@ -133,7 +139,13 @@ function forge(idToken, change) {
 
 provider.use(async (ctx, next) => {
   await next();
-  if (ctx.path === '/token' && ctx.method === 'POST' && ctx.body?.id_token) {
+  if (ctx.path === '/token' && ctx.atriumAccountDisabled && ctx.body?.error === 'invalid_grant') {
+    ctx.body = { ...ctx.body, error_description: 'User disabled' };
+  }
+  // Only logins (code grants): the relying party's background refreshes must neither
+  // consume a tamper meant for a login nor become the ID token a replay test replays.
+  if (ctx.path === '/token' && ctx.method === 'POST' && ctx.body?.id_token
+      && ctx.oidc?.params?.grant_type === 'authorization_code') {
     const issued = ctx.body.id_token;
     if (tamper) {
       ctx.body = { ...ctx.body, id_token: forge(issued, tamper) };
@@ -191,6 +203,7 @@ async function interaction(req, res, url) {
   const ok = user && given.length === Buffer.byteLength(user.password)
     && crypto.timingSafeEqual(given, Buffer.from(user.password));
   if (!ok) return send(res, 200, 'text/html', loginForm(uid, 'Invalid username or password.'));
+  if (user.disabled) return send(res, 200, 'text/html', loginForm(uid, 'Account is disabled.'));
   return provider.interactionFinished(req, res, { login: { accountId: user.sub } },
     { mergeWithLastSubmission: false });
 }
@@ -207,7 +220,7 @@ async function testControl(req, res, url) {
   }
   const user = users.get(decodeURIComponent(url.pathname.slice('/test/users/'.length)));
   if (url.pathname.startsWith('/test/users/') && user) {
-    for (const k of ['name', 'email', 'groups']) if (k in body) user[k] = body[k];
+    for (const k of ['name', 'email', 'groups', 'disabled']) if (k in body) user[k] = body[k];
     return send(res, 200, 'application/json', JSON.stringify({ ...user, password: undefined }));
   }
   return send(res, 404, 'application/json', '{"error":"no such test control"}');
