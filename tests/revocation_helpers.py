@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
@@ -15,6 +16,7 @@ from orchestrator.db import Database
 from orchestrator.settings import normalise_database_url
 from tests.conftest import AtriumServer
 from tests.rfb_client import RfbClient
+from tests.session_hosts import LoopbackTransport, enter
 
 WITHIN = 2.0  # seconds: revocation must reach open connections within this
 
@@ -40,9 +42,31 @@ def ws_base(server: AtriumServer) -> str:
     return server.url.replace("http", "ws", 1)
 
 
+def on_instance_host(server: AtriumServer, uid: str, headers: dict[str, str]
+                     ) -> dict[str, str]:
+    """The headers that reach instance ``uid`` from 127.0.0.1: a bearer token as it is; a
+    browser's portal login (its ``atrium_session`` cookie) traded, as a browser does,
+    through the portal's ticket for the instance host's own cookie, sent to that host."""
+    found = re.search(r"atrium_session=([^;]+)", headers.get("Cookie", ""))
+    if found is None:
+        return headers
+    with httpx.Client(timeout=30, follow_redirects=False, transport=LoopbackTransport()) as c:
+        c.cookies.set("atrium_session", found.group(1), domain="127.0.0.1", path="/")
+        r = enter(c, server, uid)
+        assert r.status_code < 400, (r.status_code, r.text[:300])
+        host = f"{uid}.sessions.localhost"
+        grants = [(k.name, k.value) for k in c.cookies.jar
+                  if k.domain.lstrip(".").startswith(host) and "atrium_instance" in k.name]
+    assert grants, "the instance host set no cookie"
+    name, value = grants[0]
+    return {"Host": f"{host}:{server.port}", "Cookie": f"{name}={value}"}
+
+
 async def open_kernel(server: AtriumServer, uid: str, headers: dict[str, str]
                       ) -> WebSocketClientConnection:
-    """Start a kernel through the portal and open its channels WebSocket."""
+    """Start a kernel through the portal's proxy and open its channels WebSocket (a cookie
+    login goes through the instance's own host, as a browser's does)."""
+    headers = on_instance_host(server, uid, headers)
     async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as c:
         r = await c.post(f"/instances/{uid}/lab/api/kernels", json={"name": "python3"})
         assert r.status_code == 201, r.text
@@ -53,6 +77,7 @@ async def open_kernel(server: AtriumServer, uid: str, headers: dict[str, str]
 
 
 async def open_desktop(server: AtriumServer, uid: str, headers: dict[str, str]) -> RfbClient:
+    headers = on_instance_host(server, uid, headers)
     conn = await websocket_connect(HTTPRequest(
         f"{ws_base(server)}/instances/{uid}/desktop/websockify", headers=headers),
         subprotocols=["binary"])

@@ -21,6 +21,7 @@ from tests.revocation_helpers import (
     closed,
     cookie_headers,
     desktop_closed,
+    on_instance_host,
     open_desktop,
     open_kernel,
     secrets_of,
@@ -57,8 +58,9 @@ async def test_logout_closes_what_that_login_opened_and_nothing_else(
     set_member(alice, instance, "bob", "USER")
     page = browser_login(server, "bob")
     by_cookie = cookie_headers(page)
-    lab = await open_kernel(server, instance, by_cookie)
-    desk = await open_desktop(server, instance, by_cookie)
+    on_host = on_instance_host(server, instance, by_cookie)  # the instance host's cookie
+    lab = await open_kernel(server, instance, on_host)
+    desk = await open_desktop(server, instance, on_host)
     other = await open_kernel(server, instance, token_headers(server.token("bob")))
     r = page.post("/logout", data={"_xsrf": page.cookies["_xsrf"]})
     assert r.status_code == 302
@@ -66,8 +68,9 @@ async def test_logout_closes_what_that_login_opened_and_nothing_else(
     assert await desktop_closed(desk)
     assert await still_open(other)  # bob's API token was not revoked
     other.close()
-    r = httpx.get(f"{server.url}/instances/{instance}/lab/api/status", headers=by_cookie)
-    assert r.status_code == 302 and r.headers["Location"].startswith("/login")
+    # The instance host's cookie ended with the login: back to the portal to log in.
+    r = httpx.get(f"{server.url}/instances/{instance}/lab/api/status", headers=on_host)
+    assert r.status_code == 302 and f"/instances/{instance}/enter?" in r.headers["Location"]
     set_member(alice, instance, "bob", None)
 
 

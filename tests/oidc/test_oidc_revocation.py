@@ -3,8 +3,10 @@ do the open connections it allowed (real provider, real JupyterLab session)."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.oidc.conftest import RECHECK, OidcStack, login
-from tests.revocation_helpers import WITHIN, closed, open_kernel, still_open
+from tests.revocation_helpers import WITHIN, closed, on_instance_host, open_kernel, still_open
 from tests.sessions import launch, wait_for
 
 WATCH = 3.0  # seconds between the portal's re-checks of open connections (web/presence.py)
@@ -27,7 +29,8 @@ async def test_an_admin_group_removed_at_the_provider_closes_the_admins_lab(
         assert await closed(lab, RECHECK + WATCH + WITHIN) == 4403
         me = lee.get("/api/v1/me")
         assert me.status_code == 200 and "ADMIN" not in me.json()["roles"]
-        assert lee.get(f"/instances/{uid}/lab/api/status").status_code == 404
+        with pytest.raises(AssertionError, match="404"):  # no ticket to the lab any more
+            on_instance_host(oidc.server, uid, headers)
     finally:
         oidc.provider.update_user("oidc.lee", groups=["atrium-admins"])
         alice.delete(f"/api/v1/instances/{uid}")
