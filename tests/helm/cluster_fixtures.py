@@ -93,8 +93,12 @@ def start_site(tmp: Path) -> Site:
     cluster = LocalCluster()
     info = cluster.start()
     api = api_client(info)
+    # The portal image's ENV, as this machine has it: the venv's commands, this checkout.
+    portal_env = {"PATH": f"{Path(sys.executable).parent}:{POD_BASE_ENV['PATH']}",
+                  "PYTHONPATH": str(ROOT)}
     kubelet = KubeletDouble(api, node_name="atrium-helm-node", backoff_base=2.0,
-                            sandbox_root=tmp / "kubelet")
+                            sandbox_root=tmp / "kubelet",
+                            image_env={"atrium/portal": portal_env})
     kubelet.start()
     site = Site(cluster, info, api, kubelet, f"{PG_URL}/{database}", database)
     for name in (NAMESPACE, SESSIONS):
@@ -125,10 +129,6 @@ def install_values() -> dict[str, Any]:
                    "reconcileInterval": 2, "startTimeout": 120, "defaultQuota": 10,
                    "shutdown": {"drainSeconds": 1, "graceSeconds": 8},
                    "terminationGracePeriodSeconds": 12,
-                   # What the portal image's ENV gives its containers (the double runs
-                   # commands on this machine, and pods get only what their spec says).
-                   "extraEnv": {"PATH": f"{Path(sys.executable).parent}:{POD_BASE_ENV['PATH']}",
-                                "PYTHONPATH": str(ROOT)},
                    "readinessProbe": {"periodSeconds": 1, "failureThreshold": 1},
                    "livenessProbe": {"periodSeconds": 5, "failureThreshold": 6,
                                      "initialDelaySeconds": 5}},

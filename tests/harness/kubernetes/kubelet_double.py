@@ -284,8 +284,12 @@ class _PodRunner(threading.Thread):
         raise _ConfigError(f"unsupported fieldRef {path!r}")
 
     def _env(self, spec: Json) -> dict[str, str]:
-        """The container's environment: POD_BASE_ENV, then envFrom, then env, then HOME."""
-        env = {**POD_BASE_ENV, "HOSTNAME": self.pod_name}
+        """The container's environment: POD_BASE_ENV, the image's own ENV (``image_env``),
+        then envFrom, then env, then HOME."""
+        image = str(spec.get("image", "")).rsplit("@", 1)[0]
+        repository = image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
+        env = {**POD_BASE_ENV, **self.kubelet.image_env.get(repository, {}),
+               "HOSTNAME": self.pod_name}
         for source in spec.get("envFrom") or []:
             prefix = source.get("prefix", "")
             if "secretRef" in source:
@@ -409,7 +413,8 @@ class KubeletDouble:
     def __init__(self, api_client: Any, node_name: str = "atrium-node-0", *,
                  cpu: str = "8", memory: str = "32Gi", gpus: int = 0,
                  labels: dict[str, str] | None = None, sandbox_root: Path | None = None,
-                 backoff_base: float = 10.0, log: Any = None) -> None:
+                 backoff_base: float = 10.0, log: Any = None,
+                 image_env: dict[str, dict[str, str]] | None = None) -> None:
         # Any: raw replies (_preload_content=False) are not what the stubs promise.
         self.core: Any = client.CoreV1Api(api_client)
         self.node_name = node_name
@@ -422,6 +427,9 @@ class KubeletDouble:
         self._own_sandbox = sandbox_root is None
         self.sandbox_root = sandbox_root or Path(tempfile.mkdtemp(prefix="atrium-kubelet-"))
         self.backoff_base = backoff_base
+        # What an image's ENV would give its containers, by repository (the double runs
+        # commands on this machine instead of images).
+        self.image_env = image_env or {}
         self.bind_mounts = can_bind_mount()  # see podtools.prepare_mounts otherwise
         self.log = log or (lambda msg: None)
         self.runners: dict[str, _PodRunner] = {}  # pod uid ->
