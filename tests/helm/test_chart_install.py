@@ -255,12 +255,7 @@ def total_leaders(state: dict[str, Any]) -> float:
                for p in state["portals"])
 
 
-# ------------------------------------------------------------------ across replicas (revoke)
-
-CROSS_REPLICA = pytest.mark.xfail(
-    reason="needs branch `revoke` (LISTEN/NOTIFY invalidation, owner presence as rows); "
-           "remove this mark when it is merged", strict=False)
-
+# ------------------------------------------------------------------ across replicas
 
 async def _kernel_socket(pod: dict[str, Any], uid: str, token: str) -> Any:
     async with httpx.AsyncClient(base_url=portal_url(pod), timeout=30,
@@ -274,7 +269,6 @@ async def _kernel_socket(pod: dict[str, Any], uid: str, token: str) -> Any:
         "Authorization": f"Bearer {token}"}))
 
 
-@CROSS_REPLICA
 async def test_member_removed_on_b_loses_his_socket_on_a_within_a_second(
         state: dict[str, Any]) -> None:
     a, b = state["portals"]
@@ -297,7 +291,6 @@ async def test_member_removed_on_b_loses_his_socket_on_a_within_a_second(
         bob.close()
 
 
-@CROSS_REPLICA
 async def test_owner_connected_on_a_is_present_for_a_member_on_b(
         state: dict[str, Any]) -> None:
     a, b = state["portals"]
@@ -311,8 +304,13 @@ async def test_owner_connected_on_a_is_present_for_a_member_on_b(
         assert bob_b.get(f"/instances/{uid}/lab/api/status").status_code == 403
     owner = await _kernel_socket(a, uid, tokens["alice"])
     try:
+        # A's row and its announcement reach B within a second.
         with api(b, tokens["bob"]) as bob_b:
-            assert bob_b.get(f"/instances/{uid}/lab/api/status").status_code == 200
+            deadline = time.monotonic() + 1.0
+            while (status := bob_b.get(f"/instances/{uid}/lab/api/status").status_code) \
+                    != 200 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert status == 200
     finally:
         owner.close()
         with api(a, tokens["alice"]) as alice_a:
