@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.logs import JsonFormatter
 from orchestrator.settings import SettingsError, load_settings
-from tests.conftest import AtriumServer, cleanup_sessions, free_port
+from tests.conftest import AtriumServer, Databases, cleanup_sessions, free_port
 from tests.sessions import launch, run_code, wait_for
 
 METRICS_TOKEN = "scrape-" + "x" * 24
@@ -62,9 +62,10 @@ def test_json_log_lines_carry_fields_extras_and_tracebacks() -> None:
 
 
 @pytest.fixture(scope="module")
-def prod(database_url: str, tmp_path_factory: pytest.TempPathFactory
+def prod(databases: Databases, tmp_path_factory: pytest.TempPathFactory
          ) -> Iterator[AtriumServer]:
-    srv = AtriumServer(database_url, tmp_path_factory.mktemp("prod"),
+    # A database of its own: the instance gauge counts every instance in the database.
+    srv = AtriumServer(databases.new(), tmp_path_factory.mktemp("prod"),
                        ATRIUM_METRICS_PORT=str(free_port()), ATRIUM_METRICS_TOKEN=METRICS_TOKEN,
                        ATRIUM_LOG_FORMAT="json", ATRIUM_SHUTDOWN_DRAIN="2",
                        ATRIUM_SHUTDOWN_GRACE="10")
