@@ -361,6 +361,10 @@ class KubernetesBackend(Backend):
         # A pod of this instance still terminating goes first: the secret it owns is then
         # garbage-collected, and must not be mistaken for this launch's.
         live = await self._settled_pod(ns, name, spec.uid)
+        if policy and live is None:
+            # The terminating pod owned the policy an earlier attempt made: the garbage
+            # collector may have removed it with that pod. Make sure it is (still) there.
+            await self._apply_policy(ns, name, policy_body)
         created = await self._call("create secret", core.create_namespaced_secret, ns,
                                    secret_body, ok=(409,))
         if created is None:
@@ -391,8 +395,11 @@ class KubernetesBackend(Backend):
         created = await self._call("create network policy",
                                    api.create_namespaced_network_policy, ns, body, ok=(409,))
         if created is None:
+            # Its owner (a pod of an earlier attempt) may be going: disown it, so the
+            # garbage collector leaves it; the new pod owns it once created.
             await self._call("update network policy", api.patch_namespaced_network_policy,
-                             name, ns, {"spec": body["spec"]},
+                             name, ns, {"metadata": {"ownerReferences": None},
+                                        "spec": body["spec"]},
                              _content_type="application/merge-patch+json")
 
     async def _settled_pod(self, ns: str, name: str, uid: str) -> Manifest | None:
