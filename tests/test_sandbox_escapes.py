@@ -189,7 +189,7 @@ async def _execute_without_reply(base: str, uid: str, token: str, code: str) -> 
                     "user_expressions": {}, "allow_stdin": False}}))
     try:
         while True:
-            raw = await asyncio.wait_for(conn.read_message(), 60)
+            raw = await asyncio.wait_for(conn.read_message(), 180)
             assert raw is not None, "the kernel WebSocket closed before running the code"
             msg = json.loads(raw)
             if msg.get("parent_header", {}).get("msg_id") == msg_id and \
