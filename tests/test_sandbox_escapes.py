@@ -187,14 +187,23 @@ async def _execute_without_reply(base: str, uid: str, token: str, code: str) -> 
         "parent_header": {}, "metadata": {}, "channel": "shell",
         "content": {"code": code, "silent": False, "store_history": False,
                     "user_expressions": {}, "allow_stdin": False}}))
+    deadline = time.monotonic() + 60
     try:
-        while True:
-            raw = await asyncio.wait_for(conn.read_message(), 180)
+        while time.monotonic() < deadline:
+            try:
+                raw = await asyncio.wait_for(conn.read_message(), 5)
+            except TimeoutError:
+                continue
             assert raw is not None, "the kernel WebSocket closed before running the code"
             msg = json.loads(raw)
             if msg.get("parent_header", {}).get("msg_id") == msg_id and \
-                    msg["header"]["msg_type"] == "execute_input":
+                    msg["header"]["msg_type"] in ("execute_input", "status"):
                 return
+            if msg["header"]["msg_type"] == "status" and \
+                    msg["content"].get("execution_state") in ("restarting", "dead"):
+                return  # killed before its own messages left it: what the caller waits for
+        # The kernel may be killed before its IOPub thread sent anything: the caller's
+        # check of the instance's reason decides.
     finally:
         conn.close()
 
