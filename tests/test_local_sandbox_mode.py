@@ -10,7 +10,7 @@ import pytest
 from orchestrator.settings import SettingsError, load_settings
 from spawners import registry, sandbox
 from spawners.sandbox import Identity, SandboxPlan, bwrap_args, drop_privileges, launcher
-from tests.conftest import AtriumServer, Databases, cleanup_sessions
+from tests.conftest import AtriumServer, Databases, cleanup_sessions, need
 from tests.sessions import launch, wait_for
 
 
@@ -91,8 +91,7 @@ def test_mount_points_are_plain_directories_again(tmp_path: Path) -> None:
     from spawners.cgroups import Layout
     from spawners.local_sandbox import LocalOptions, Sandboxes
 
-    if os.geteuid() != 0:
-        pytest.skip("handing the home to another uid needs root")
+    need(os.geteuid() == 0, "handing the home to another uid needs root")
     home = tmp_path / "home"
     (home / "data").mkdir(parents=True)
     (home / "data" / "p1").symlink_to("/etc")
